@@ -1,0 +1,96 @@
+"""Data collators: dataset rows -> model inputs, through the model's feature extractor.
+
+They run inside DataLoader workers (the pretraining loop) and inside the ``Trainer``, so the
+preprocessing a checkpoint was trained with is applied exactly once, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecg_hub.modeling.feature_extraction_ecg import EcgFeatureExtractor
+
+
+class EcgCollator:
+    """Collate dataset rows (``signal``, ``sampling_rate``, ``leads``, ...) into a batch of tensors.
+
+    Args:
+        feature_extractor: the model's ``EcgFeatureExtractor``.
+        label_column: name of a multi-label column (``Sequence(ClassLabel)``: lists of positive class
+            indices). When set, the batch gets ``labels`` (batch, num_classes) float multi-hot, the
+            form ``BCEWithLogits`` and the ``Trainer`` expect.
+        num_classes: number of classes of ``label_column`` (required with it).
+        single_label: give ``labels`` as (batch,) int64 class indices instead (rows must have exactly
+            one positive class).
+        training: random crops (augmentation) instead of the extractor's deterministic crop.
+        seed: seed of the random-crop generator (each DataLoader worker gets its own stream).
+
+    Returns (``__call__``): ``{"input_values": (B, L, T) float32, "attention_mask": (B, T),
+    "lead_mask": (B, L)}`` plus ``labels`` when requested.
+    """
+
+    def __init__(
+        self,
+        feature_extractor: EcgFeatureExtractor,
+        label_column: str | None = None,
+        num_classes: int | None = None,
+        single_label: bool = False,
+        training: bool = False,
+        seed: int | None = None,
+    ):
+        if label_column is not None and num_classes is None and not single_label:
+            raise ValueError(f"num_classes is required with label_column={label_column!r}")
+        self.feature_extractor = feature_extractor
+        self.label_column = label_column
+        self.num_classes = num_classes
+        self.single_label = single_label
+        self.training = training
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+        self._rng_worker: int | None = None
+
+    def _generator(self) -> np.random.Generator | None:
+        if not self.training:
+            return None
+        # One independent stream per DataLoader worker: same seed -> same crops, run after run.
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else -1
+        if self._rng is None or self._rng_worker != worker:
+            base = self.seed if self.seed is not None else int(torch.initial_seed() % 2**32)
+            self._rng = np.random.default_rng([base, worker + 1])
+            self._rng_worker = worker
+        return self._rng
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        features = self.feature_extractor(
+            list(rows), training=self.training, generator=self._generator(), return_tensors="pt"
+        )
+        batch = dict(features)
+        if self.label_column is not None:
+            positives = [row[self.label_column] for row in rows]
+            if self.single_label:
+                for row, pos in zip(rows, positives):
+                    if len(pos) != 1:
+                        raise ValueError(
+                            f"record {row.get('record_id', '?')}: single-label training needs exactly one "
+                            f"{self.label_column!r} class, got {list(pos)}"
+                        )
+                batch["labels"] = torch.tensor([int(pos[0]) for pos in positives], dtype=torch.long)
+            else:
+                batch["labels"] = torch.from_numpy(multi_hot_rows(positives, self.num_classes))
+        return batch
+
+
+def multi_hot_rows(positives: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """Lists of positive class indices -> (N, num_classes) float32 multi-hot matrix."""
+    out = np.zeros((len(positives), num_classes), dtype=np.float32)
+    for i, pos in enumerate(positives):
+        idx = np.asarray(list(pos), dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
+            raise ValueError(f"row {i}: class index out of range 0..{num_classes - 1}: {list(pos)}")
+        out[i, idx] = 1.0
+    return out

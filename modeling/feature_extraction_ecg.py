@@ -1,0 +1,460 @@
+"""``EcgFeatureExtractor``: turns any ECG recording into exactly the tensor a model expects.
+
+Every ECG foundation model was trained on one precise input: a lead set in a given order, a
+sampling rate, a length, a filter and an amplitude scaling. The extractor carries those choices in
+``preprocessor_config.json`` next to the weights, so that a checkpoint and its preprocessing travel
+together. The steps are pure numpy/scipy functions (also usable inside ``datasets.map``):
+
+1. validate (rank, dtype, NaN/inf, sampling rate, lead names against the array);
+2. convert units to millivolts (mV);
+3. derive the limb leads III, aVR, aVL, aVF from I and II when the target needs them;
+4. select and reorder leads; zero-fill leads the record lacks and flag them in ``lead_mask``;
+5. resample to the target rate (polyphase by default);
+6. band-pass (Butterworth, second-order sections, zero-phase), if configured;
+7. crop (start / center / random for training) or pad to ``num_samples``, with ``attention_mask``;
+8. normalise the cropped window (none, per-lead z-score, or whole-record min-max).
+
+This module imports numpy, scipy and transformers only: it is part of the Hub remote-code bundle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from scipy import signal as scipy_signal
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+
+from .leads import DERIVABLE_LIMB_LEADS, INDEPENDENT_LEADS, MIMIC_LEADS, STANDARD_LEADS, canonicalize_leads
+from .leads import derive_limb_leads as _derive_limb_leads
+
+CROP_POLICIES = ("start", "center", "random")
+NORMALIZATIONS = ("none", "zscore_lead", "minmax_record")
+RESAMPLE_METHODS = ("polyphase", "fft")
+UNITS_TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
+
+#: Named input contracts of the published models (see ``../shared/reference``).
+PRESETS: dict[str, dict[str, Any]] = {
+    # ECG-JEPA pretrained encoder: 8 independent leads, 10 s at 250 Hz, physical units, no filter.
+    "ecg_jepa": {
+        "sampling_rate": 250,
+        "leads": list(INDEPENDENT_LEADS),
+        "num_samples": 2500,
+        "normalization": "none",
+        "bandpass": None,
+    },
+    # ECG-JEPA fine-tuning scripts: the same input plus a 0.67-40 Hz order-5 Butterworth band-pass.
+    "ecg_jepa_finetune": {
+        "sampling_rate": 250,
+        "leads": list(INDEPENDENT_LEADS),
+        "num_samples": 2500,
+        "normalization": "none",
+        "bandpass": [0.67, 40.0],
+        "filter_order": 5,
+    },
+    # MERL / MELP (and ETP, same authors): 12 leads in MIMIC order, 10 s at 500 Hz, record min-max to [0, 1].
+    "merl": {
+        "sampling_rate": 500,
+        "leads": list(MIMIC_LEADS),
+        "num_samples": 5000,
+        "normalization": "minmax_record",
+        "bandpass": None,
+    },
+}
+PRESETS["melp"] = dict(PRESETS["merl"])
+PRESETS["etp"] = dict(PRESETS["merl"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure signal functions. Each takes and returns (leads, samples) arrays.
+# ----------------------------------------------------------------------------------------------
+
+
+def resample(signal: np.ndarray, source_rate: float, target_rate: float, method: str = "polyphase") -> np.ndarray:
+    """Resample ``(leads, samples)`` from ``source_rate`` to ``target_rate`` (both in Hz).
+
+    ``polyphase`` uses ``scipy.signal.resample_poly`` with the exact rational ratio (250/500 -> 1/2,
+    500/400 -> 5/4); ``fft`` uses ``scipy.signal.resample`` as the official ECG-JEPA code does.
+    """
+    if source_rate == target_rate:
+        return signal
+    if method == "polyphase":
+        ratio = Fraction(target_rate / source_rate).limit_denominator(1000)
+        return scipy_signal.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
+    if method == "fft":
+        num = int(round(signal.shape[-1] * target_rate / source_rate))
+        return scipy_signal.resample(signal, num, axis=-1)
+    raise ValueError(f"resample_method must be one of {RESAMPLE_METHODS}, got {method!r}")
+
+
+@lru_cache(maxsize=32)
+def _butter_sos(low_hz: float, high_hz: float, order: int, sampling_rate: float) -> np.ndarray:
+    return scipy_signal.butter(order, [low_hz, high_hz], btype="bandpass", fs=sampling_rate, output="sos")
+
+
+def bandpass(signal: np.ndarray, low_hz: float, high_hz: float, order: int, sampling_rate: float) -> np.ndarray:
+    """Zero-phase Butterworth band-pass (second-order sections, forward and backward) along time."""
+    if not 0 < low_hz < high_hz < sampling_rate / 2:
+        raise ValueError(
+            f"bandpass cut-offs must satisfy 0 < low < high < Nyquist ({sampling_rate / 2} Hz), "
+            f"got ({low_hz}, {high_hz}) Hz"
+        )
+    sos = _butter_sos(float(low_hz), float(high_hz), int(order), float(sampling_rate))
+    # sosfiltfilt needs more samples than its padding (3 x the filter length); shorter records
+    # are padded less rather than rejected.
+    padlen = min(3 * (2 * len(sos) + 1), signal.shape[-1] - 1)
+    return scipy_signal.sosfiltfilt(sos, signal, axis=-1, padlen=padlen)
+
+
+def normalize(signal: np.ndarray, method: str, lead_present: np.ndarray | None = None, eps: float = 1e-8) -> np.ndarray:
+    """Scale amplitudes. ``lead_present`` (leads,) bool excludes zero-filled leads from the statistics.
+
+    - ``none``: keep millivolts.
+    - ``zscore_lead``: each lead to zero mean and unit variance.
+    - ``minmax_record``: one min and one max over all present leads, mapped to [0, 1] (MERL/MELP).
+    """
+    if method == "none":
+        return signal
+    present = np.ones(signal.shape[0], dtype=bool) if lead_present is None else lead_present.astype(bool)
+    out = np.zeros_like(signal)
+    if not present.any():
+        return out
+    values = signal[present]
+    if method == "zscore_lead":
+        mean = values.mean(axis=-1, keepdims=True)
+        std = values.std(axis=-1, keepdims=True)
+        out[present] = (values - mean) / (std + eps)
+    elif method == "minmax_record":
+        low, high = values.min(), values.max()
+        out[present] = (values - low) / (high - low + eps)
+    else:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
+    return out
+
+
+def crop_window_start(num_available: int, num_samples: int, policy: str, rng: np.random.Generator | None) -> int:
+    """First sample of a ``num_samples`` window inside ``num_available`` samples."""
+    excess = num_available - num_samples
+    if excess <= 0:
+        return 0
+    if policy == "start":
+        return 0
+    if policy == "center":
+        return excess // 2
+    if policy == "random":
+        return int((rng or np.random.default_rng()).integers(0, excess + 1))
+    raise ValueError(f"crop must be one of {CROP_POLICIES}, got {policy!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The feature extractor.
+# ----------------------------------------------------------------------------------------------
+
+
+class EcgFeatureExtractor(SequenceFeatureExtractor):
+    r"""Preprocesses ECG recordings into ``input_values`` of shape ``(batch, leads, num_samples)``.
+
+    Args:
+        sampling_rate (`int`, defaults to 500): target sampling rate in Hz.
+        leads (`list[str]`, defaults to the standard 12 leads): target lead names, in model order.
+        num_samples (`int` or `None`, defaults to 5000): samples per record at the target rate;
+            longer records are cropped, shorter ones padded (``attention_mask`` marks real samples).
+            ``None`` keeps each record's length and pads the batch to its longest record.
+        min_samples (`int`, optional): records shorter than this at the target rate raise a
+            ``ValueError``. Defaults to one second (``sampling_rate`` samples).
+        crop (`str`, defaults to ``"start"``): ``"start"``, ``"center"`` or ``"random"``. Calls with
+            ``training=True`` always crop at random.
+        bandpass (`list[float]`, optional): ``[low_hz, high_hz]`` Butterworth band-pass, or ``None``.
+        filter_order (`int`, defaults to 4): Butterworth order of the band-pass.
+        normalization (`str`, defaults to ``"none"``): ``"none"``, ``"zscore_lead"`` or ``"minmax_record"``.
+        derive_limb_leads (`bool`, defaults to `True`): compute III, aVR, aVL, aVF from I and II when
+            the target needs them and the record lacks them.
+        missing_leads (`str`, defaults to ``"zero"``): ``"zero"`` zero-fills target leads the record
+            lacks and reports them in ``lead_mask``; ``"error"`` raises instead.
+        resample_method (`str`, defaults to ``"polyphase"``): ``"polyphase"`` or ``"fft"``.
+        padding_value (`float`, defaults to 0.0): value of padded samples (after normalisation).
+        return_dtype (`str`, defaults to ``"float32"``): dtype of ``input_values``.
+
+    Returns (from ``__call__``): a ``BatchFeature`` with ``input_values`` (batch, leads, samples),
+    ``attention_mask`` (batch, samples; 1 = real sample) and ``lead_mask`` (batch, leads; 1 = lead
+    present in the recording or derived from it, 0 = zero-filled).
+    """
+
+    model_input_names = ["input_values", "attention_mask", "lead_mask"]
+
+    def __init__(
+        self,
+        sampling_rate: int = 500,
+        leads: Sequence[str] = STANDARD_LEADS,
+        num_samples: int | None = 5000,
+        min_samples: int | None = None,
+        crop: str = "start",
+        bandpass: Sequence[float] | None = None,
+        filter_order: int = 4,
+        normalization: str = "none",
+        derive_limb_leads: bool = True,
+        missing_leads: str = "zero",
+        resample_method: str = "polyphase",
+        padding_value: float = 0.0,
+        return_dtype: str = "float32",
+        return_attention_mask: bool = True,
+        **kwargs,
+    ):
+        leads = canonicalize_leads(list(leads))
+        if not sampling_rate or sampling_rate <= 0:
+            raise ValueError(f"sampling_rate must be a positive number of Hz, got {sampling_rate!r}")
+        if num_samples is not None and num_samples <= 0:
+            raise ValueError(f"num_samples must be positive or None, got {num_samples!r}")
+        if crop not in CROP_POLICIES:
+            raise ValueError(f"crop must be one of {CROP_POLICIES}, got {crop!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        if resample_method not in RESAMPLE_METHODS:
+            raise ValueError(f"resample_method must be one of {RESAMPLE_METHODS}, got {resample_method!r}")
+        if missing_leads not in ("zero", "error"):
+            raise ValueError(f"missing_leads must be 'zero' or 'error', got {missing_leads!r}")
+        if bandpass is not None:
+            bandpass = [float(b) for b in bandpass]
+            if len(bandpass) != 2 or not 0 < bandpass[0] < bandpass[1] < sampling_rate / 2:
+                raise ValueError(
+                    f"bandpass must be [low_hz, high_hz] with 0 < low < high < {sampling_rate / 2} Hz "
+                    f"(Nyquist at {sampling_rate} Hz), got {bandpass}"
+                )
+        np.dtype(return_dtype)  # raises TypeError on an unknown dtype name
+        # feature_size is derived from the leads; a saved config carries it too, so drop that copy.
+        kwargs.pop("feature_size", None)
+        super().__init__(
+            feature_size=len(leads),
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        self.leads = leads
+        self.num_samples = num_samples
+        self.min_samples = min_samples
+        self.crop = crop
+        self.bandpass = bandpass
+        self.filter_order = filter_order
+        self.normalization = normalization
+        self.derive_limb_leads = derive_limb_leads
+        self.missing_leads = missing_leads
+        self.resample_method = resample_method
+        self.return_dtype = return_dtype
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> EcgFeatureExtractor:
+        """The input contract of a published model: ``"ecg_jepa"``, ``"ecg_jepa_finetune"``,
+        ``"merl"`` (= ``"melp"`` = ``"etp"``). Keyword arguments override single fields."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown feature-extractor preset {name!r}; known presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def num_leads(self) -> int:
+        return len(self.leads)
+
+    @property
+    def effective_min_samples(self) -> int:
+        return int(self.sampling_rate) if self.min_samples is None else int(self.min_samples)
+
+    # ------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        ecg: Any,
+        sampling_rate: float | Sequence[float] | None = None,
+        leads: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        units: str = "mV",
+        record_ids: Sequence[str] | None = None,
+        training: bool = False,
+        generator: np.random.Generator | None = None,
+        return_tensors: str | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Preprocess one record or a batch.
+
+        Args:
+            ecg: one record ``(leads, samples)`` or a batch ``(batch, leads, samples)`` as numpy
+                array or torch tensor; a list of records (lengths may differ); a dataset row (a
+                mapping with ``signal``, ``sampling_rate``, ``leads`` and optionally ``record_id``);
+                a list of rows; or a batch of columns as ``datasets.map(batched=True)`` passes it.
+            sampling_rate: the recordings' rate in Hz (one number, or one per record). Required
+                unless the rows carry it.
+            leads: lead names of the rows of each record (one list, or one list per record).
+                Required unless the rows carry them.
+            units: ``"mV"`` (default), ``"uV"`` or ``"V"``.
+            record_ids: names used in error messages.
+            training: crop at random (data augmentation) instead of the configured policy.
+            generator: numpy random generator for random crops (reproducible augmentation).
+            return_tensors: ``"pt"`` for torch tensors, ``"np"`` or ``None`` for numpy arrays.
+        """
+        records, rates, lead_lists, ids = self._unpack(ecg, sampling_rate, leads, record_ids)
+        if units not in UNITS_TO_MV:
+            raise ValueError(f"units must be one of {sorted(UNITS_TO_MV)}, got {units!r}")
+        policy = "random" if training else self.crop
+        rng = generator if generator is not None else (np.random.default_rng() if policy == "random" else None)
+
+        outputs, lead_masks, lengths = [], [], []
+        for record, rate, names, record_id in zip(records, rates, lead_lists, ids):
+            values, present = self._process_record(record, rate, names, record_id, UNITS_TO_MV[units], policy, rng)
+            outputs.append(values)
+            lead_masks.append(present)
+            lengths.append(values.shape[-1])
+
+        target_len = self.num_samples if self.num_samples is not None else max(lengths)
+        batch = np.full((len(outputs), self.num_leads, target_len), self.padding_value, dtype=self.return_dtype)
+        attention_mask = np.zeros((len(outputs), target_len), dtype=np.int64)
+        for i, values in enumerate(outputs):
+            batch[i, :, : values.shape[-1]] = values
+            attention_mask[i, : values.shape[-1]] = 1
+        data = {"input_values": batch, "lead_mask": np.stack(lead_masks).astype(np.int64)}
+        if self.return_attention_mask:
+            data["attention_mask"] = attention_mask
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    # ------------------------------------------------------------------------------------------
+    def _unpack(self, ecg, sampling_rate, leads, record_ids):
+        """Normalise every accepted input form to lists of (record, rate, lead names, record id)."""
+        if isinstance(ecg, Mapping):
+            if "signal" not in ecg:
+                raise ValueError(f"a dataset row must have a 'signal' field; got fields {sorted(ecg)}")
+            column = ecg["signal"]
+            batched = _is_batch_of_records(column)
+            rows = (
+                [{key: ecg[key][i] for key in ecg} for i in range(len(column))] if batched else [dict(ecg)]
+            )
+            return self._unpack(rows, sampling_rate, leads, record_ids)
+        if isinstance(ecg, (list, tuple)) and ecg and isinstance(ecg[0], Mapping):
+            records = [row.get("signal") for row in ecg]
+            rates = [row.get("sampling_rate", sampling_rate) for row in ecg]
+            lead_lists = [row.get("leads", leads) for row in ecg]
+            ids = [row.get("record_id") for row in ecg]
+            return self._check_batch(records, rates, lead_lists, ids if record_ids is None else list(record_ids))
+
+        if hasattr(ecg, "detach"):  # torch tensor, without importing torch here
+            ecg = ecg.detach().cpu().numpy()
+        if isinstance(ecg, np.ndarray):
+            if ecg.ndim == 2:
+                records = [ecg]
+            elif ecg.ndim == 3:
+                records = list(ecg)
+            else:
+                raise ValueError(
+                    f"ECG array must have rank 2 (leads, samples) or 3 (batch, leads, samples); got shape {ecg.shape}"
+                )
+        elif isinstance(ecg, (list, tuple)):
+            if not ecg:
+                raise ValueError("empty batch: expected at least one ECG record")
+            records = [e.detach().cpu().numpy() if hasattr(e, "detach") else e for e in ecg]
+            if not _is_batch_of_records(records):  # a single record given as nested lists
+                records = [records]
+        else:
+            raise ValueError(
+                f"unsupported ECG input of type {type(ecg).__name__}: expected a numpy array, torch tensor, "
+                "list of records, or dataset row(s) with a 'signal' field"
+            )
+        n = len(records)
+        rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple, np.ndarray)) else [sampling_rate] * n
+        if leads is not None and len(leads) > 0 and not isinstance(leads[0], str):
+            lead_lists = [list(x) for x in leads]
+        else:
+            lead_lists = [leads] * n
+        ids = list(record_ids) if record_ids is not None else [None] * n
+        return self._check_batch(records, rates, lead_lists, ids)
+
+    @staticmethod
+    def _check_batch(records, rates, lead_lists, ids):
+        n = len(records)
+        for name, values in (("sampling_rate", rates), ("leads", lead_lists), ("record_ids", ids)):
+            if len(values) != n:
+                raise ValueError(f"got {n} records but {len(values)} values of {name}")
+        ids = [str(rid) if rid is not None else f"#{i} in the batch" for i, rid in enumerate(ids)]
+        return records, rates, lead_lists, ids
+
+    def _process_record(self, record, rate, names, record_id, unit_scale, policy, rng):
+        where = f"record {record_id}"
+        # --- validation -----------------------------------------------------------------------
+        if rate is None:
+            raise ValueError(f"{where}: sampling_rate is missing; pass sampling_rate= (Hz) or a 'sampling_rate' field")
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {rate!r}") from None
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {rate!r}")
+        if hasattr(record, "detach"):
+            record = record.detach().cpu().numpy()
+        array = np.asarray(record)
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise ValueError(f"{where}: signal must be numeric, got dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.complexfloating) or array.dtype == bool:
+            raise ValueError(f"{where}: signal must be real-valued numbers in {'mV'}, got dtype {array.dtype}")
+        if array.ndim != 2:
+            raise ValueError(f"{where}: signal must have rank 2 (leads, samples); got shape {array.shape}")
+        if names is None:
+            raise ValueError(f"{where}: lead names are missing; pass leads=[...] naming the {array.shape[0]} rows")
+        names = canonicalize_leads(list(names)) if not isinstance(names, str) else canonicalize_leads([names])
+        if len(names) != array.shape[0]:
+            hint = " (is the array (samples, leads)? it must be (leads, samples))" if array.shape[1] == len(names) else ""
+            raise ValueError(
+                f"{where}: leads list names {len(names)} leads {names} but the signal has {array.shape[0]} rows{hint}"
+            )
+        # float64 for filtering accuracy; the output is cast to return_dtype at the end.
+        values = array.astype(np.float64) * unit_scale
+        finite = np.isfinite(values)
+        if not finite.all():
+            lead_idx, sample_idx = np.argwhere(~finite)[0]
+            kind = "NaN" if np.isnan(values[lead_idx, sample_idx]) else "inf"
+            count = int((~finite).sum())
+            raise ValueError(
+                f"{where}: signal has {count} non-finite value(s); first is {kind} in lead "
+                f"{names[lead_idx]} at sample {sample_idx} ({sample_idx / rate:.3f} s)"
+            )
+
+        # --- leads ----------------------------------------------------------------------------
+        if self.derive_limb_leads and any(lead in self.leads and lead not in names for lead in DERIVABLE_LIMB_LEADS):
+            values, names = _derive_limb_leads(values, names)
+        missing = [lead for lead in self.leads if lead not in names]
+        if missing and self.missing_leads == "error":
+            raise ValueError(f"{where}: missing leads {missing}; the model needs {self.leads} (has {names})")
+        index = [names.index(lead) for lead in self.leads if lead in names]
+        present = np.array([lead in names for lead in self.leads])
+        values = values[index]
+
+        # --- time -----------------------------------------------------------------------------
+        values = resample(values, rate, self.sampling_rate, self.resample_method)
+        if values.shape[-1] < self.effective_min_samples:
+            raise ValueError(
+                f"{where}: signal has {values.shape[-1]} samples at {self.sampling_rate} Hz "
+                f"({array.shape[-1]} at {rate:g} Hz, {array.shape[-1] / rate:.2f} s); "
+                f"at least {self.effective_min_samples} samples are needed"
+            )
+        if self.bandpass is not None:
+            values = bandpass(values, self.bandpass[0], self.bandpass[1], self.filter_order, self.sampling_rate)
+        if self.num_samples is not None:
+            start = crop_window_start(values.shape[-1], self.num_samples, policy, rng)
+            values = values[:, start : start + self.num_samples]
+        values = normalize(values, self.normalization, np.ones(len(index), dtype=bool))
+
+        full = np.zeros((self.num_leads, values.shape[-1]), dtype=np.float64)
+        full[present] = values
+        return full, present
+
+
+def _is_batch_of_records(column) -> bool:
+    """True when ``column`` holds several records (rank-3 data) rather than one (rank 2)."""
+    if hasattr(column, "ndim"):
+        return column.ndim == 3
+    if isinstance(column, (list, tuple)) and column:
+        first = column[0]
+        if hasattr(first, "ndim"):
+            return first.ndim == 2
+        if isinstance(first, (list, tuple)) and first:
+            return isinstance(first[0], (list, tuple, np.ndarray)) or hasattr(first[0], "ndim")
+    return False
