@@ -1,0 +1,119 @@
+"""Configuration of ETP (ECG-Text Pre-training, Liu et al., ICASSP 2024): a CLIP-style ECG-report model.
+
+ETP's own code is not public; the defaults follow MERL (same authors), see ``reference/ETP.md``:
+MERL's ResNet18-1D ECG tower, a BERT-like text tower (BioClinicalBERT by default), 256-d
+projections and a symmetric InfoNCE loss.
+
+Imports torch-free transformers / huggingface_hub only (Hub remote-code bundle).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_ecg_resnet import EcgResNetConfig
+
+#: The text tower users get by default (the ETP paper's text encoder). Its config is built from the
+#: numbers below, so ``EtpConfig()`` never touches the network; weights and tokenizer come from the
+#: Hub only when the user asks (``EtpModel.from_ecg_text_pretrained`` / ``AutoTokenizer``).
+DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+
+#: ``emilyalsentzer/Bio_ClinicalBERT``'s config.json: BERT-base cased with BioBERT's 28,996-token vocabulary.
+BIO_CLINICAL_BERT_CONFIG: dict = {
+    "vocab_size": 28996,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
+
+
+@strict
+class EtpConfig(PreTrainedConfig):
+    r"""Configuration of [`EtpModel`] (ECG tower + text tower + projections + temperature).
+
+    Args:
+        ecg_config: [`EcgResNetConfig`] (or its dict) of the ECG tower. Default: ResNet18-1D,
+            12 leads, 500 Hz, 5000 samples.
+        text_config: any ``AutoConfig`` (or dict with ``model_type``) of a BERT-like text encoder.
+            Default: a ``BertConfig`` with ``emilyalsentzer/Bio_ClinicalBERT``'s dimensions
+            (:data:`BIO_CLINICAL_BERT_CONFIG`), built offline.
+        projection_dim: size of the shared ECG-text embedding space (MERL: 256).
+        text_projection_hidden_dim: hidden width of the text projection MLP
+            ``Linear(text_hidden -> hidden) -> GELU -> Linear(hidden -> projection_dim)`` (MERL: 256).
+        ecg_pooling: ``"avg"`` (ETP default: masked mean of the last ResNet map, then
+            ``Linear(hidden -> projection_dim)``) or ``"attention"`` (MERL: 1x1 ``downconv`` to
+            ``projection_dim`` channels, then a CLIP-style attention pool with a CLS query and
+            learned positions; needs inputs of exactly ``ecg_config.num_samples`` samples).
+        attention_pool_heads: heads of the attention pool (MERL: 4).
+        text_pooling: how one text vector is read from the text tower: ``"cls"`` (hidden state of
+            the first token), ``"pooler"`` (BERT pooler: CLS through dense + tanh, as MERL with MedCPT)
+            or ``"mean"`` (masked mean over tokens, as sentence-transformers models).
+        freeze_text_layers: number of bottom text-encoder layers (plus the embeddings) kept frozen
+            during pretraining (MERL/ETP design: 6). ``0`` trains everything; ``-1`` freezes the whole
+            text tower (MERL's code runs the text encoder under ``no_grad``).
+        temperature: initial (or fixed) softmax temperature of the contrastive logits (CLIP: 0.07).
+        learnable_temperature: learn ``logit_scale = log(1 / temperature)`` (CLIP) or keep it fixed
+            (MERL's fixed tau = 0.07).
+        max_logit_scale: the learned scale ``exp(logit_scale)`` is clamped to at most this (CLIP: 100).
+        initializer_range: std of the normal init of the projection layers.
+    """
+
+    model_type = "etp"
+    sub_configs_defaults = {
+        "ecg_config": SubConfigSpec(config_class=EcgResNetConfig),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="bert", init_kwargs=dict(BIO_CLINICAL_BERT_CONFIG)
+        ),
+    }
+
+    ecg_config: EcgResNetConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    projection_dim: int = 256
+    text_projection_hidden_dim: int = 256
+    ecg_pooling: Literal["avg", "attention"] = "avg"
+    attention_pool_heads: int = 4
+    text_pooling: Literal["cls", "pooler", "mean"] = "cls"
+    freeze_text_layers: int = 6
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    max_logit_scale: float = 100.0
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        """Part of ``@strict`` validation."""
+        if not 0.0 < self.temperature:
+            raise ValueError(f"EtpConfig: temperature must be > 0, got {self.temperature}")
+        if self.max_logit_scale < 1.0 / self.temperature:
+            raise ValueError(
+                f"EtpConfig: max_logit_scale={self.max_logit_scale} is below the initial scale "
+                f"1/temperature={1.0 / self.temperature:.3f}"
+            )
+        if self.projection_dim % self.attention_pool_heads != 0 and self.ecg_pooling == "attention":
+            raise ValueError(
+                f"EtpConfig: projection_dim={self.projection_dim} must be divisible by "
+                f"attention_pool_heads={self.attention_pool_heads}"
+            )
+        if self.freeze_text_layers < -1:
+            raise ValueError(f"EtpConfig: freeze_text_layers must be >= -1, got {self.freeze_text_layers}")
+
+    @property
+    def logit_scale_init_value(self) -> float:
+        """``log(1 / temperature)``: the stored value of the (learnable) logit scale."""
+        return math.log(1.0 / self.temperature)
+
+
+__all__ = ["BIO_CLINICAL_BERT_CONFIG", "DEFAULT_TEXT_MODEL", "EtpConfig"]
