@@ -17,6 +17,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_ecg_resnet import EcgResNetConfig
+from .leads import MIMIC_LEADS
 
 #: The text tower users get by default (the ETP paper's text encoder). Its config is built from the
 #: numbers below, so ``EtpConfig()`` never touches the network; weights and tokenizer come from the
@@ -47,7 +48,8 @@ class EtpConfig(PreTrainedConfig):
 
     Args:
         ecg_config: [`EcgResNetConfig`] (or its dict) of the ECG tower. Default: ResNet18-1D,
-            12 leads, 500 Hz, 5000 samples.
+            12 leads in MERL's MIMIC order (I, II, III, aVR, aVF, aVL, V1-V6), 500 Hz, 5000 samples,
+            matching ``EcgFeatureExtractor.from_preset("etp")``.
         text_config: any ``AutoConfig`` (or dict with ``model_type``) of a BERT-like text encoder.
             Default: a ``BertConfig`` with ``emilyalsentzer/Bio_ClinicalBERT``'s dimensions
             (:data:`BIO_CLINICAL_BERT_CONFIG`), built offline.
@@ -74,7 +76,8 @@ class EtpConfig(PreTrainedConfig):
 
     model_type = "etp"
     sub_configs_defaults = {
-        "ecg_config": SubConfigSpec(config_class=EcgResNetConfig),
+        # MERL's lead order (aVF before aVL), which the "etp"/"merl" feature-extractor preset produces.
+        "ecg_config": SubConfigSpec(config_class=EcgResNetConfig, init_kwargs={"lead_names": list(MIMIC_LEADS)}),
         "text_config": SubConfigSpec(
             config_class=AutoConfig, model_type="bert", init_kwargs=dict(BIO_CLINICAL_BERT_CONFIG)
         ),
