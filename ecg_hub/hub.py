@@ -1,0 +1,761 @@
+"""Publishing ecg-hub checkpoints to the Hugging Face Hub and getting them back.
+
+A published repo holds everything needed to use the checkpoint:
+
+- ``config.json`` + ``model.safetensors`` (safetensors only; pickles are never written or read);
+- ``preprocessor_config.json`` (the :class:`EcgFeatureExtractor` input contract: leads, sampling
+  rate, length, filter, scaling) or ``processor_config.json`` + tokenizer files for ECG-text models;
+- the model code as Hub *remote code* (``auto_map`` in the configs, the ``modeling/`` files the
+  classes are defined in and their relative imports, and a ``requirements.txt``), so a user with
+  only ``transformers`` installed can load it with ``trust_remote_code=True``;
+- ``README.md``: a model card rendered from ``model_cards/<family>.md`` whose ``model-index``
+  metrics are read from the results JSON written by ``ecg-hub evaluate``, never typed by hand.
+
+Users who ``import ecg_hub`` never run remote code: importing registers every ecg-hub class with
+the Auto classes, and ``transformers`` then prefers the installed code to the repo's copy.
+
+A publish is **one commit** (``HfApi.create_commit`` with every file), so a failure at any point
+leaves the remote branch exactly as it was.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.resources
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: File patterns that hold pickled (or non-PyTorch) weights. They are never uploaded or downloaded.
+UNSAFE_WEIGHT_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.h5", "*.msgpack", "*.npz"]
+
+#: Model families with a model-card template in ``model_cards/<family>.md``.
+FAMILIES = ("ecg_jepa", "ecg2tok", "etp", "melp")
+
+#: ``config.model_type`` -> model family (ETP's ECG tower is the ResNet18-1D ``ecg_resnet``).
+FAMILY_BY_MODEL_TYPE = {
+    "ecg_jepa": "ecg_jepa",
+    "ecg2tok": "ecg2tok",
+    "ecg2tok_tokenizer": "ecg2tok",
+    "etp": "etp",
+    "etp_ecg": "etp",
+    "ecg_resnet": "etp",
+    "melp": "melp",
+}
+
+#: Auto classes whose ``auto_map`` entries a published checkpoint may carry.
+_AUTO_MODEL_CLASSES = (
+    "AutoModel",
+    "AutoModelForPreTraining",
+    "AutoModelForSequenceClassification",
+    "AutoModelForAudioClassification",
+    "AutoModelForMaskedLM",
+)
+
+# Lower bounds written to the published requirements.txt (one comparison per line: transformers'
+# `check_python_requirements` only parses `name<op>version`). Remote code may import only these.
+_REMOTE_CODE_REQUIREMENTS = {
+    "torch": "torch>=2.4",
+    "transformers": "transformers>=5.0",
+    "huggingface_hub": "huggingface-hub>=1.0",
+    "numpy": "numpy>=1.26",
+    "scipy": "scipy>=1.11",
+}
+
+_PRETTY_DATASETS = {
+    "ptbxl": "PTB-XL",
+    "cpsc2018": "CPSC2018",
+    "csn": "Chapman-Shaoxing-Ningbo (CSN)",
+    "code15": "CODE-15%",
+    "mimic_iv_ecg": "MIMIC-IV-ECG",
+    "synthetic": "ecg-hub synthetic ECGs",
+}
+_PRETTY_METRICS = {"macro_auroc": "Macro AUROC", "micro_auroc": "Micro AUROC", "macro_auprc": "Macro AUPRC", "fmax": "Fmax"}
+_TASK_TYPE_BY_PROTOCOL = {"zero-shot": "zero-shot-ecg-classification"}
+
+
+# --------------------------------------------------------------------------------------------
+# The catalogue of checkpoints the project publishes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """One checkpoint in the ecg-hub catalogue.
+
+    Attributes:
+        repo_id: Hub repo id (``"ecg-hub/ecg-jepa-multiblock"``).
+        family: model family (``"ecg_jepa"``, ``"ecg2tok"``, ``"etp"``, ``"melp"``).
+        input_preset: name of the :meth:`EcgFeatureExtractor.from_preset` input contract it expects.
+        architecture: the ``transformers`` class ``from_pretrained`` builds from it.
+        description: one line about what it is.
+    """
+
+    repo_id: str
+    family: str
+    input_preset: str
+    architecture: str
+    description: str
+
+
+_CATALOGUE = (
+    HubCheckpoint(
+        "ecg-hub/ecg-jepa-multiblock",
+        "ecg_jepa",
+        "ecg_jepa",
+        "EcgJepaModel",
+        "ECG-JEPA encoder (768/12/16, CroPA) converted from the authors' multi-block checkpoint, 8 leads at 250 Hz",
+    ),
+    HubCheckpoint(
+        "ecg-hub/ecg-jepa-random",
+        "ecg_jepa",
+        "ecg_jepa",
+        "EcgJepaModel",
+        "ECG-JEPA encoder converted from the authors' random-masking checkpoint, 8 leads at 250 Hz",
+    ),
+    HubCheckpoint(
+        "ecg-hub/ecg-jepa-multiblock-ptbxl-superclass",
+        "ecg_jepa",
+        "ecg_jepa_finetune",
+        "EcgJepaForSequenceClassification",
+        "ECG-JEPA multi-block fine-tuned on PTB-XL superclasses (folds 1-8/9/10), multi-label",
+    ),
+    HubCheckpoint(
+        "ecg-hub/ecg2tok-base",
+        "ecg2tok",
+        "ecg_jepa",
+        "Ecg2TokModel",
+        "ECG2TOK-style encoder pretrained by ecg-hub (project design from the paper abstract), 8 leads at 250 Hz",
+    ),
+    HubCheckpoint(
+        "ecg-hub/etp-resnet18",
+        "etp",
+        "etp",
+        "EtpModel",
+        "ETP ECG-text dual encoder: ResNet18-1D ECG tower + BERT text tower, zero-shot by prompts, 12 leads at 500 Hz",
+    ),
+    HubCheckpoint(
+        "ecg-hub/melp-base",
+        "melp",
+        "melp",
+        "MelpModel",
+        "MELP multi-scale ECG-language model (wav2vec2 ECG tower, heart_bert text tower), 12 leads at 500 Hz",
+    ),
+)
+
+
+def list_checkpoints(family: str | None = None) -> list[HubCheckpoint]:
+    """The checkpoints ecg-hub publishes on the Hub (optionally one ``family``), with the model
+    family and the feature-extractor input preset of each.
+
+    These are the names the project publishes under; a name may be listed before its weights are
+    uploaded (``ecg-hub download`` then reports that the repo does not exist).
+    """
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known families: {list(FAMILIES)}")
+    return [c for c in _CATALOGUE if family is None or c.family == family]
+
+
+# --------------------------------------------------------------------------------------------
+# Results JSON (written by `ecg-hub evaluate`) -> model-index
+# --------------------------------------------------------------------------------------------
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a results JSON written by ``ecg-hub evaluate``.
+
+    Raises:
+        ValueError: naming the file and the field when the JSON does not follow the format
+            ``{"model", "dataset": {"name", "label_set", ...}, "results": [{"protocol", "fraction",
+            "split", "seeds", "metrics": {name: float}, "metrics_std"?, "per_class_auroc"?}]}``.
+    """
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"results JSON {path}: cannot be read as JSON ({err})") from err
+
+    def fail(field: str, expectation: str) -> None:
+        raise ValueError(f"results JSON {path}: field {field!r} {expectation}")
+
+    if not isinstance(results, dict):
+        fail("<root>", "must be an object")
+    if not isinstance(results.get("model"), str):
+        fail("model", "must be the evaluated model directory or repo id (a string)")
+    dataset = results.get("dataset")
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
+        fail("dataset.name", "must be a string (e.g. 'ptbxl')")
+    if not isinstance(dataset.get("label_set"), str):
+        fail("dataset.label_set", "must be a string (e.g. 'superclass')")
+    entries = results.get("results")
+    if not isinstance(entries, list) or not entries:
+        fail("results", "must be a non-empty list of evaluation entries")
+    for i, entry in enumerate(entries):
+        where = f"results[{i}]"
+        if not isinstance(entry, dict):
+            fail(where, "must be an object")
+        for key, kind in (("protocol", str), ("split", str), ("fraction", (int, float)), ("metrics", dict)):
+            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+                fail(f"{where}.{key}", f"must be a {getattr(kind, '__name__', 'number')}")
+        if not entry["metrics"]:
+            fail(f"{where}.metrics", "must hold at least one metric")
+        for group in ("metrics", "metrics_std", "per_class_auroc"):
+            for name, value in (entry.get(group) or {}).items():
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    fail(f"{where}.{group}.{name}", f"must be a number, got {value!r}")
+    return results
+
+
+def _metric_config(entry: Mapping[str, Any]) -> str:
+    return f"{entry['protocol']}, fraction={entry['fraction']}"
+
+
+def eval_results_from_results(results: Mapping[str, Any]) -> list:
+    """One ``huggingface_hub.EvalResult`` per (result entry, metric) of a results JSON.
+
+    ``metric_config`` is ``"<protocol>, fraction=<fraction>"`` and ``metric_args`` carries the seeds
+    and the standard deviation, so every entry of the JSON can be found again in the card.
+    """
+    from huggingface_hub import EvalResult
+
+    dataset = results["dataset"]
+    dataset_name = f"{_PRETTY_DATASETS.get(dataset['name'], dataset['name'])} ({dataset['label_set']})"
+    eval_results = []
+    for entry in results["results"]:
+        protocol = entry["protocol"]
+        task_type = _TASK_TYPE_BY_PROTOCOL.get(protocol, "ecg-classification")
+        for metric, value in entry["metrics"].items():
+            args: dict[str, Any] = {"protocol": protocol, "fraction": entry["fraction"]}
+            if entry.get("seeds") is not None:
+                args["seeds"] = list(entry["seeds"])
+            if metric in (entry.get("metrics_std") or {}):
+                args["std"] = entry["metrics_std"][metric]
+            eval_results.append(
+                EvalResult(
+                    task_type=task_type,
+                    task_name=f"ECG classification ({protocol}, {entry['fraction']:g} of training labels)",
+                    dataset_type=dataset["name"],
+                    dataset_name=dataset_name,
+                    dataset_config=dataset["label_set"],
+                    dataset_split=entry["split"],
+                    metric_type=metric,
+                    metric_name=_PRETTY_METRICS.get(metric, metric),
+                    metric_value=value,
+                    metric_config=_metric_config(entry),
+                    metric_args=args,
+                    source_name="ecg-hub evaluate",
+                )
+            )
+    return eval_results
+
+
+def _results_markdown(results: Mapping[str, Any] | None) -> str:
+    if results is None:
+        return (
+            "No evaluation results were published with this checkpoint. Run `ecg-hub evaluate` and "
+            "publish again with `--results results.json` to add them."
+        )
+    dataset = results["dataset"]
+    pretty = _PRETTY_DATASETS.get(dataset["name"], dataset["name"])
+    metric_names = list(dict.fromkeys(m for e in results["results"] for m in e["metrics"]))
+    lines = [
+        f"Computed by `ecg-hub evaluate` (ecg-hub {results.get('ecg_hub_version', '?')}) on **{pretty}**, "
+        f"label set `{dataset['label_set']}`"
+        + (f" ({len(dataset['class_names'])} classes)" if dataset.get("class_names") else "")
+        + ". Values are the mean over seeds, ± the standard deviation where several seeds ran.",
+        "",
+        "| Protocol | Labels used | Split | Seeds | " + " | ".join(_PRETTY_METRICS.get(m, m) for m in metric_names) + " |",
+        "|---|---|---|---|" + "---|" * len(metric_names),
+    ]
+    for entry in results["results"]:
+        cells = []
+        for metric in metric_names:
+            if metric not in entry["metrics"]:
+                cells.append("–")
+                continue
+            std = (entry.get("metrics_std") or {}).get(metric)
+            cells.append(f"{entry['metrics'][metric]:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+        seeds = ", ".join(str(s) for s in entry.get("seeds") or []) or "–"
+        lines.append(f"| {entry['protocol']} | {entry['fraction']:.0%} | {entry['split']} | {seeds} | " + " | ".join(cells) + " |")
+    for entry in results["results"]:
+        per_class = entry.get("per_class_auroc")
+        if per_class:
+            lines += [
+                "",
+                f"Per-class AUROC ({entry['protocol']}, {entry['fraction']:.0%} of labels, {entry['split']}):",
+                "",
+                "| " + " | ".join(per_class) + " |",
+                "|" + "---|" * len(per_class),
+                "| " + " | ".join(f"{v:.4f}" for v in per_class.values()) + " |",
+            ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Model card
+# --------------------------------------------------------------------------------------------
+
+
+def _input_markdown(feature_extractor: Any) -> str:
+    """The input contract, read from the saved feature extractor (never restated by hand)."""
+    fe = feature_extractor
+    leads = list(getattr(fe, "leads", []))
+    num_samples = getattr(fe, "num_samples", None)
+    rate = getattr(fe, "sampling_rate", None)
+    length = f"{num_samples} samples ({num_samples / rate:g} s)" if num_samples and rate else "variable (padded per batch)"
+    bandpass = getattr(fe, "bandpass", None)
+    filt = (
+        f"Butterworth band-pass {bandpass[0]:g}–{bandpass[1]:g} Hz, order {getattr(fe, 'filter_order', '?')}, zero-phase"
+        if bandpass
+        else "none"
+    )
+    scaling = {
+        "none": "none: physical units (mV) go in unscaled",
+        "zscore_lead": "per-lead z-score over the window",
+        "minmax_record": "whole-record min-max to [0, 1] (one min and one max over all leads)",
+    }.get(getattr(fe, "normalization", None), str(getattr(fe, "normalization", "?")))
+    rows = [
+        ("Leads", f"{len(leads)}, in this order: {', '.join(leads)}"),
+        ("Sampling rate", f"{rate} Hz (other rates are resampled, method `{getattr(fe, 'resample_method', '?')}`)"),
+        ("Length", f"{length}; longer records are cropped (`{getattr(fe, 'crop', '?')}`), shorter ones zero-padded and masked"),
+        ("Units", "millivolts (mV); pass `units=` for µV or V sources"),
+        ("Filter", filt),
+        ("Scaling", scaling),
+        (
+            "Missing leads",
+            ("III, aVR, aVL, aVF derived from I and II when absent; " if getattr(fe, "derive_limb_leads", False) else "")
+            + ("others zero-filled and flagged in `lead_mask`" if getattr(fe, "missing_leads", "zero") == "zero" else "an error"),
+        ),
+        ("Model inputs", ", ".join(f"`{n}`" for n in getattr(fe, "model_input_names", []))),
+    ]
+    table = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(table)
+
+
+def _architecture_markdown(model: Any) -> str:
+    config = model.config
+    fields = [
+        ("Class", f"`{type(model).__name__}` (`model_type` = `{config.model_type}`)"),
+        ("Parameters", f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M"),
+    ]
+    for name, label in (
+        ("hidden_size", "Width"),
+        ("num_hidden_layers", "Depth"),
+        ("num_attention_heads", "Attention heads"),
+        ("patch_size", "Patch size (samples)"),
+        ("projection_dim", "Projection dimension"),
+    ):
+        value = getattr(config, name, None)
+        if value is not None:
+            fields.append((label, str(value)))
+    if "ForSequenceClassification" in type(model).__name__:
+        fields.append(("Output classes", f"{config.num_labels}: " + ", ".join(str(v) for v in config.id2label.values())))
+        fields.append(("Problem type", str(getattr(config, "problem_type", None))))
+    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in fields])
+
+
+def _training_markdown(recipe_text: str | None) -> str:
+    if recipe_text is None:
+        return (
+            "The training recipe was not recorded with this checkpoint (no `recipe.yaml` next to the weights). "
+            "The method's reference training setup is described above."
+        )
+    return "The recipe this checkpoint was trained with (`recipe.yaml`, torchtune style):\n\n```yaml\n" + recipe_text.rstrip() + "\n```"
+
+
+def _card_template(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"no model-card template for family {family!r}; known families: {list(FAMILIES)}")
+    return (importlib.resources.files("ecg_hub.model_cards") / f"{family}.md").read_text(encoding="utf-8")
+
+
+def render_model_card(
+    *,
+    repo_id: str,
+    family: str,
+    model: Any,
+    preprocessor: Any,
+    results: Mapping[str, Any] | None = None,
+    recipe_text: str | None = None,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+):
+    """Render ``model_cards/<family>.md`` into a ``huggingface_hub.ModelCard``.
+
+    Args:
+        repo_id: the repo the card is for (used in the usage snippets and as ``model-index`` name).
+        family: model family (selects the template).
+        model: the loaded ``PreTrainedModel`` (architecture table, parameter count).
+        preprocessor: its feature extractor or processor (the input-contract table).
+        results: a results JSON from ``ecg-hub evaluate`` (see :func:`load_results`), or ``None``.
+        recipe_text: the training recipe YAML, if one was saved with the checkpoint.
+        license: Hub licence id of the weights.
+        base_model: repo id this checkpoint was fine-tuned from, if any.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    feature_extractor = getattr(preprocessor, "feature_extractor", preprocessor)
+    is_classifier = "ForSequenceClassification" in type(model).__name__
+    card_data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        tags=["ecg-hub", "ecg", "electrocardiogram", "time-series", family.replace("_", "-")],
+        pipeline_tag=None if is_classifier else "feature-extraction",
+        base_model=base_model,
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results_from_results(results) if results is not None else None,
+    )
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    card = ModelCard.from_template(
+        card_data,
+        template_str=_card_template(family),
+        repo_id=repo_id,
+        model_class=type(model).__name__,
+        model_type=model.config.model_type,
+        is_classifier=is_classifier,
+        auto_class="AutoModelForSequenceClassification" if is_classifier else "AutoModel",
+        preprocessor_class="AutoProcessor" if tokenizer is not None else "AutoFeatureExtractor",
+        tokenizer_class=type(tokenizer).__name__ if tokenizer is not None else None,
+        sampling_rate=feature_extractor.sampling_rate,
+        leads=list(getattr(feature_extractor, "leads", [])),
+        architecture_section=_architecture_markdown(model),
+        input_section=_input_markdown(feature_extractor),
+        training_section=_training_markdown(recipe_text),
+        results_section=_results_markdown(results),
+        license_id=license,
+    )
+    return card
+
+
+# --------------------------------------------------------------------------------------------
+# Exporting a checkpoint folder with remote code
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _auto_classes_registered(pairs: list[tuple[type, str]]) -> Iterator[None]:
+    """Temporarily ``register_for_auto_class`` each (class, auto class name); restore afterwards so
+    later ``save_pretrained`` calls in this process do not start copying code around."""
+    previous = [(cls, cls.__dict__.get("_auto_class", None), "_auto_class" in cls.__dict__) for cls, _ in pairs]
+    try:
+        for cls, auto_class in pairs:
+            cls.register_for_auto_class(auto_class)
+        yield
+    finally:
+        for cls, value, had_own in previous:
+            if had_own:
+                cls._auto_class = value
+            else:
+                with contextlib.suppress(AttributeError):
+                    del cls._auto_class
+
+
+def _check_remote_code_imports(folder: Path) -> list[str]:
+    """Third-party imports of the copied code files, as requirement lines. Raises ValueError on an
+    import that a plain ``transformers`` install cannot satisfy (e.g. ``ecg_hub`` itself)."""
+    needed: dict[str, str] = {}
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                if top not in _REMOTE_CODE_REQUIREMENTS:
+                    raise ValueError(
+                        f"remote code file {path.name} imports {name!r}; Hub remote code may import only "
+                        f"{sorted(_REMOTE_CODE_REQUIREMENTS)}, the standard library and relative modules"
+                    )
+                needed[top] = _REMOTE_CODE_REQUIREMENTS[top]
+    return [needed[k] for k in sorted(needed)]
+
+
+def _registered_model_classes(config: Any) -> dict[str, type]:
+    """Auto class name -> model class registered for ``type(config)`` (after ``import ecg_hub``)."""
+    import transformers
+
+    found = {}
+    for auto_name in _AUTO_MODEL_CLASSES:
+        auto_cls = getattr(transformers, auto_name)
+        with contextlib.suppress(KeyError, ValueError):
+            found[auto_name] = auto_cls._model_mapping[type(config)]
+    return found
+
+
+def _load_checkpoint(model_dir: Path):
+    """Load (model, preprocessor) from a saved ecg-hub checkpoint folder with the registered classes."""
+    import ecg_hub  # noqa: F401  (registers the ecg-hub classes with the Auto classes)
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor
+
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"checkpoint {model_dir}: no config.json (expected a save_pretrained folder)")
+    weight_files = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    if not weight_files:
+        pickles = sorted({p.name for pattern in UNSAFE_WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
+        raise ValueError(
+            f"checkpoint {model_dir}: no *.safetensors weights"
+            + (f" (found {pickles}: pickled weights are never published; re-save with save_pretrained)" if pickles else "")
+        )
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
+    if family is None:
+        raise ValueError(
+            f"checkpoint {model_dir}: config.json model_type {config.model_type!r} is not an ecg-hub model "
+            f"(known: {sorted(FAMILY_BY_MODEL_TYPE)})"
+        )
+    architectures = getattr(config, "architectures", None) or []
+    registered = {cls.__name__: cls for cls in _registered_model_classes(config).values()}
+    if not architectures or architectures[0] not in registered:
+        raise ValueError(
+            f"checkpoint {model_dir}: config.json 'architectures' is {architectures}; expected one of the classes "
+            f"registered for {config.model_type!r}: {sorted(registered)}"
+        )
+    model_cls = registered[architectures[0]]
+    model, info = model_cls.from_pretrained(model_dir, use_safetensors=True, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"checkpoint {model_dir}: weights do not match {model_cls.__name__}: {problems}")
+
+    if (model_dir / "processor_config.json").is_file():
+        preprocessor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
+    elif (model_dir / "preprocessor_config.json").is_file():
+        preprocessor = AutoFeatureExtractor.from_pretrained(model_dir, trust_remote_code=False)
+    else:
+        raise ValueError(
+            f"checkpoint {model_dir}: no preprocessor_config.json or processor_config.json. The input contract "
+            "must travel with the weights: save the EcgFeatureExtractor (or processor) into the folder, e.g. "
+            "EcgFeatureExtractor.from_preset('ecg_jepa').save_pretrained(folder)"
+        )
+    return model, preprocessor, family
+
+
+def export_checkpoint(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    repo_id: str,
+    results: Mapping[str, Any] | None = None,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+) -> list[str]:
+    """Write the folder a publish uploads: weights, configs, remote code, requirements, model card.
+
+    The checkpoint in ``model_dir`` is loaded with the installed (registered) ecg-hub classes,
+    which checks that every weight matches the architecture, then saved again with
+    ``register_for_auto_class`` so ``transformers`` copies the defining modules (and their relative
+    imports) and writes ``auto_map``. ``auto_map`` also gets every other Auto class registered for
+    the config whose class lives in the copied files (e.g. ``AutoModel`` for a classifier).
+
+    Returns the relative paths written, sorted.
+    """
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    model, preprocessor, family = _load_checkpoint(model_dir)
+    config = model.config
+
+    pairs: list[tuple[type, str]] = [(type(config), "AutoConfig")]
+    model_auto = {cls: name for name, cls in _registered_model_classes(config).items()}
+    pairs.append((type(model), model_auto.get(type(model), "AutoModel")))
+    feature_extractor = getattr(preprocessor, "feature_extractor", None)
+    if feature_extractor is not None:  # a processor: register it and its extractor
+        pairs += [(type(preprocessor), "AutoProcessor"), (type(feature_extractor), "AutoFeatureExtractor")]
+    else:
+        pairs.append((type(preprocessor), "AutoFeatureExtractor"))
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with _auto_classes_registered(pairs):
+        model.save_pretrained(output_dir)
+        preprocessor.save_pretrained(output_dir)
+
+    # Extra auto_map entries: the other heads of the same family, when their code was copied.
+    config_path = output_dir / "config.json"
+    config_json = json.loads(config_path.read_text(encoding="utf-8"))
+    auto_map = config_json.setdefault("auto_map", {})
+    for auto_name, cls in _registered_model_classes(config).items():
+        module_file = Path(sys.modules[cls.__module__].__file__).name
+        if auto_name not in auto_map and (output_dir / module_file).is_file():
+            auto_map[auto_name] = f"{Path(module_file).stem}.{cls.__name__}"
+    config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    requirements = _check_remote_code_imports(output_dir)
+    (output_dir / "requirements.txt").write_text(
+        "# Python packages the remote code in this repo imports (transformers checks this file).\n"
+        + "\n".join(requirements)
+        + "\n",
+        encoding="utf-8",
+    )
+
+    recipe_path = model_dir / "recipe.yaml"
+    recipe_text = recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else None
+    if recipe_text is not None:
+        shutil.copyfile(recipe_path, output_dir / "recipe.yaml")
+    card = render_model_card(
+        repo_id=repo_id,
+        family=family,
+        model=model,
+        preprocessor=preprocessor,
+        results=results,
+        recipe_text=recipe_text,
+        license=license,
+        base_model=base_model,
+    )
+    card.save(output_dir / "README.md")
+
+    written = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file())
+    unsafe = [p for p in written if any(Path(p).match(pattern) for pattern in UNSAFE_WEIGHT_PATTERNS)]
+    if unsafe:  # save_pretrained only writes safetensors; this guards against a future change
+        raise RuntimeError(f"export of {model_dir} produced non-safetensors weight files {unsafe}")
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Publish / download
+# --------------------------------------------------------------------------------------------
+
+
+class PublishError(RuntimeError):
+    """A publish failed; the message says which step failed and the state of the remote branch."""
+
+
+def _check_results_match(results: Mapping[str, Any], model_dir: Path, repo_id: str, results_path: Path) -> None:
+    evaluated = results["model"]
+    if evaluated == repo_id:
+        return
+    candidate = Path(evaluated)
+    if not candidate.is_absolute():
+        candidate = results_path.parent / candidate if not candidate.exists() else candidate
+    with contextlib.suppress(OSError):
+        if candidate.exists() and os.path.samefile(candidate, model_dir):
+            return
+    raise ValueError(
+        f"results JSON {results_path}: field 'model' is {evaluated!r}, which is neither the published folder "
+        f"{str(model_dir)!r} nor the repo {repo_id!r}; the card's numbers must come from evaluating this checkpoint"
+    )
+
+
+def publish(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    results: str | os.PathLike | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+):
+    """Publish the checkpoint folder ``model_dir`` to the Hub repo ``repo_id`` in one commit.
+
+    Args:
+        model_dir: a ``save_pretrained`` folder of an ecg-hub model, holding safetensors weights and
+            the feature extractor (``preprocessor_config.json``) or processor.
+        repo_id: ``"org/name"``; the repo is created if needed.
+        results: path of a results JSON written by ``ecg-hub evaluate`` for this checkpoint; its
+            metrics become the card's ``model-index``.
+        private: create the repo private (ignored when the repo exists).
+        revision: branch to commit to (created from ``main`` if missing). Defaults to ``main``.
+        commit_message, license, base_model: commit summary, licence id, fine-tuned-from repo id.
+        token, endpoint: passed to ``huggingface_hub.HfApi``.
+
+    Returns:
+        ``huggingface_hub.CommitInfo`` of the commit (``.oid`` is the commit id to pin).
+
+    Raises:
+        ValueError: the checkpoint or the results JSON is not publishable (nothing was sent).
+        PublishError: a Hub call failed; the message names the step and the remote state.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+
+    model_dir = Path(model_dir)
+    results_dict = None
+    if results is not None:
+        results_dict = load_results(results)
+        _check_results_match(results_dict, model_dir, repo_id, Path(results))
+    api = HfApi(endpoint=endpoint, token=token)
+    branch = revision or "main"
+
+    with tempfile.TemporaryDirectory(prefix="ecg-hub-publish-") as staging:
+        files = export_checkpoint(
+            model_dir, staging, repo_id=repo_id, results=results_dict, license=license, base_model=base_model
+        )
+        step = "creating the repo"
+        head = None
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if branch != "main":
+                step = f"creating branch {branch!r}"
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            step = f"reading the current files of {repo_id}@{branch}"
+            head = api.repo_info(repo_id, revision=branch).sha
+            stale = [f for f in api.list_repo_files(repo_id, revision=head) if f not in files and f != ".gitattributes"]
+            operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(Path(staging) / f)) for f in files]
+            operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
+            step = f"committing {len(files)} files" + (f" (and deleting {len(stale)} stale ones)" if stale else "")
+            commit = api.create_commit(
+                repo_id,
+                operations=operations,
+                commit_message=commit_message or f"Publish {model_dir.name} with ecg-hub",
+                revision=branch,
+                parent_commit=head,  # refuse to commit over a concurrent change
+            )
+        except Exception as err:
+            raise PublishError(
+                f"publishing {model_dir} to {repo_id}@{branch} failed while {step}: {type(err).__name__}: {err}. "
+                + _remote_state(api, repo_id, branch, head)
+            ) from err
+    logger.info("published %s to %s@%s as commit %s", model_dir, repo_id, branch, commit.oid)
+    return commit
+
+
+def _remote_state(api: Any, repo_id: str, branch: str, head_before: str | None) -> str:
+    if head_before is None:
+        return "No commit was attempted."
+    try:
+        head_now = api.repo_info(repo_id, revision=branch).sha
+    except Exception as err:  # the Hub may be unreachable: say so rather than guess
+        return f"The remote state could not be checked ({type(err).__name__}); a Hub commit is all-or-nothing."
+    if head_now == head_before:
+        return f"The remote repo is unchanged: {branch} is still at {head_before}."
+    return f"Warning: {branch} moved from {head_before} to {head_now} meanwhile; check the repo."
+
+
+def download(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Download a checkpoint into the Hugging Face cache (``HF_HOME``) and return its local folder.
+
+    Pickled weight files are skipped (only safetensors are ever read). With ``HF_HUB_OFFLINE=1``
+    the cached snapshot is returned without network access.
+    """
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(
+        repo_id,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        endpoint=endpoint,
+        ignore_patterns=UNSAFE_WEIGHT_PATTERNS,
+    )
