@@ -1,0 +1,212 @@
+"""Zero-shot classification: class prompts -> scores -> macro AUROC, without training labels.
+
+Model-agnostic hook for the text-aligned models (ETP, MELP, ...). Either
+
+- pass ``score_fn(rows, class_prompts) -> (B, C) scores`` (any model, any scoring), or
+- pass ``model`` + ``processor``: the model must expose ``get_ecg_features(**ecg_inputs)`` and
+  ``get_text_features(**text_inputs)`` (CLIP-style; each returns a tensor or an output whose
+  ``pooler_output`` is the projected embedding), the processor a ``feature_extractor`` and a
+  ``tokenizer``.
+
+Scoring with a model (ecg-hub protocol §6): ECG and text embeddings are L2-normalised; a class with
+several prompts (a template ensemble) gets the mean of its normalised prompt embeddings,
+re-normalised (open_clip's zero-shot classifier); the **primary score is the per-class cosine**
+(no softmax, so a class's score does not depend on the other classes). ``scoring="softmax"`` gives
+MERL's softmax over ``logit_scale * cosine`` as a secondary number. Fmax needs scores in [0, 1]:
+the cosine is mapped by ``(cos + 1) / 2`` (monotone, so AUROC/AUPRC are unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import classification_metrics
+
+ScoreFn = Callable[[list[dict], list[list[str]]], np.ndarray]
+
+
+def normalize_class_prompts(class_prompts: Mapping[str, str | Sequence[str]], class_names: Sequence[str]) -> list[list[str]]:
+    """One list of prompts per class, in ``class_names`` order (keys matched exactly, else
+    case-insensitively); raises naming the classes without a prompt."""
+    by_lower = {str(k).lower(): v for k, v in class_prompts.items()}
+    class_prompts = {
+        name: class_prompts[name] if name in class_prompts else by_lower[name.lower()]
+        for name in class_names
+        if name in class_prompts or name.lower() in by_lower
+    }
+    missing = [name for name in class_names if name not in class_prompts]
+    if missing:
+        raise ValueError(f"class_prompts: no prompt for class(es) {missing}; every class needs at least one")
+    prompts = []
+    for name in class_names:
+        value = class_prompts[name]
+        value = [value] if isinstance(value, str) else list(value)
+        if not value or not all(isinstance(p, str) and p.strip() for p in value):
+            raise ValueError(f"class_prompts[{name!r}]: expected a non-empty string or list of strings, got {value!r}")
+        prompts.append(value)
+    return prompts
+
+
+def load_class_prompts(path: str | Path, class_names: Sequence[str] | None = None, *, lowercase: bool = True) -> dict[str, str]:
+    """Read a ``{class_code: prompt}`` JSON file (e.g. the CKEPE prompts of MERL/MELP).
+
+    Keys are matched case-insensitively to ``class_names`` when given; prompts are lower-cased by
+    default (as MERL/MELP do).
+    """
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping class codes to prompts")
+    prompts = {str(k): (v.lower() if lowercase and isinstance(v, str) else v) for k, v in raw.items()}
+    if class_names is None:
+        return prompts
+    by_lower = {k.lower(): v for k, v in prompts.items()}
+    return {name: by_lower[name.lower()] for name in class_names if name.lower() in by_lower}
+
+
+def _embedding(output) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        raise ValueError("get_*_features must return a tensor or an output with pooler_output")
+    return pooled
+
+
+def _accepted(method, inputs: Mapping) -> dict:
+    import inspect
+
+    parameters = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(inputs)
+    return {k: v for k, v in inputs.items() if k in parameters}
+
+
+def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length: int = 128) -> ScoreFn:
+    """A ``score_fn`` from a CLIP-style ECG-text model and its processor (see the module docstring)."""
+    from ecg_hub.data.collators import EcgCollator
+
+    if scoring not in ("cosine", "softmax"):
+        raise ValueError(f"scoring: expected 'cosine' or 'softmax', got {scoring!r}")
+    for method in ("get_ecg_features", "get_text_features"):
+        if not hasattr(model, method):
+            raise ValueError(f"{type(model).__name__} has no {method}(); zero-shot needs an ECG-text model")
+    tokenizer = getattr(processor, "tokenizer", None)
+    feature_extractor = getattr(processor, "feature_extractor", None)
+    if tokenizer is None or feature_extractor is None:
+        raise ValueError("processor must have a tokenizer and a feature_extractor")
+    collator = EcgCollator(feature_extractor, training=False)
+    device = next(model.parameters()).device
+    text_cache: dict[tuple, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def class_embeddings(class_prompts: list[list[str]]) -> torch.Tensor:
+        key = tuple(tuple(p) for p in class_prompts)
+        if key not in text_cache:
+            flat = [prompt for prompts in class_prompts for prompt in prompts]
+            tokens = tokenizer(flat, padding=True, truncation=True, max_length=max_text_length, return_tensors="pt")
+            tokens = {k: v.to(device) for k, v in tokens.items()}
+            text = torch.nn.functional.normalize(
+                _embedding(model.get_text_features(**_accepted(model.get_text_features, tokens))).float(), dim=-1
+            )
+            per_class, start = [], 0
+            for prompts in class_prompts:
+                per_class.append(text[start : start + len(prompts)].mean(0))
+                start += len(prompts)
+            text_cache[key] = torch.nn.functional.normalize(torch.stack(per_class), dim=-1)
+        return text_cache[key]
+
+    @torch.no_grad()
+    def score_fn(rows: list[dict], class_prompts: list[list[str]]) -> np.ndarray:
+        model.eval()
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        ecg = torch.nn.functional.normalize(
+            _embedding(model.get_ecg_features(**_accepted(model.get_ecg_features, batch))).float(), dim=-1
+        )
+        cosine = ecg @ class_embeddings(class_prompts).T
+        if scoring == "softmax":
+            if callable(getattr(model, "scale", None)):  # ETP: exp(logit_scale), clamped
+                scale = float(model.scale())
+            else:
+                scale = getattr(model, "logit_scale", None)
+                scale = float(scale.exp()) if isinstance(scale, torch.Tensor) else 1.0
+            return (scale * cosine).softmax(-1).cpu().numpy()
+        return cosine.cpu().numpy()
+
+    score_fn.scoring = scoring
+    return score_fn
+
+
+def zero_shot_scores(
+    dataset,
+    class_prompts: list[list[str]],
+    score_fn: ScoreFn,
+    *,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """(N, C) scores of ``score_fn`` over the dataset, in dataset order."""
+    columns = [c for c in ("signal", "sampling_rate", "leads", "record_id") if c in dataset.column_names]
+    view = dataset.select_columns(columns).with_format("numpy", columns=["signal"], output_all_columns=True)
+    scores = []
+    for start in range(0, len(view), batch_size):
+        chunk = view[start : start + batch_size]
+        rows = [{k: chunk[k][i] for k in chunk} for i in range(len(chunk["signal"]))]
+        out = np.asarray(score_fn(rows, class_prompts), dtype=np.float64)
+        if out.shape != (len(rows), len(class_prompts)):
+            raise ValueError(f"score_fn returned shape {out.shape}, expected ({len(rows)}, {len(class_prompts)})")
+        scores.append(out)
+    return np.concatenate(scores)
+
+
+def zero_shot_evaluate(
+    score_fn: ScoreFn | None = None,
+    *,
+    model=None,
+    processor=None,
+    dataset,
+    class_prompts: Mapping[str, str | Sequence[str]],
+    label_column: str,
+    scoring: str = "cosine",
+    batch_size: int = 32,
+    return_scores: bool = False,
+) -> dict:
+    """Zero-shot metrics of a model on ``dataset[label_column]`` from class prompts only.
+
+    Args:
+        score_fn: ``score_fn(rows, prompts_per_class) -> (B, C)`` scores; or give ``model`` + ``processor``.
+        model / processor: a CLIP-style ECG-text model and its processor (see the module docstring).
+        dataset: a split with ``signal``, ``sampling_rate``, ``leads`` and the label column.
+        class_prompts: ``{class_name: prompt or [prompts]}`` covering every class of the column.
+        label_column: a ``Sequence(ClassLabel)`` column (its labels are only used for scoring).
+        scoring: with a model, ``"cosine"`` (primary) or ``"softmax"``.
+        batch_size: records per ``score_fn`` call.
+        return_scores: also return the (N, C) scores under ``"scores"``.
+
+    Returns:
+        ``classification_metrics`` (macro AUROC, macro AUPRC, Fmax, per-class AUROC, ...) plus
+        ``"scoring"`` and ``"prompts"`` (the prompts used per class).
+    """
+    from ecg_hub.training.finetune import class_names_of, label_matrix
+
+    if (score_fn is None) == (model is None):
+        raise ValueError("give either score_fn or model (+ processor)")
+    if score_fn is None:
+        score_fn = model_score_fn(model, processor, scoring=scoring)
+    class_names = class_names_of(dataset, label_column)
+    prompts = normalize_class_prompts(class_prompts, class_names)
+    scores = zero_shot_scores(dataset, prompts, score_fn, batch_size=batch_size)
+    used_scoring = getattr(score_fn, "scoring", "custom")
+    probabilities = (scores + 1.0) / 2.0 if used_scoring == "cosine" else scores
+    if used_scoring == "custom" and (scores.min() < 0 or scores.max() > 1):
+        probabilities = (scores - scores.min()) / max(scores.max() - scores.min(), 1e-12)
+    metrics = classification_metrics(label_matrix(dataset, label_column), probabilities, class_names)
+    metrics["scoring"] = used_scoring
+    metrics["prompts"] = {name: p for name, p in zip(class_names, prompts)}
+    if return_scores:
+        metrics["scores"] = scores
+    return metrics

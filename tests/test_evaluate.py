@@ -1,0 +1,259 @@
+"""Evaluation protocol: linear probe on cached features, results JSON, zero-shot hook, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from ecg_hub.evaluation.linear_probe import (
+    LinearProbeConfig,
+    cached_features,
+    extract_features,
+    predict_scores,
+    train_linear_probe,
+)
+from ecg_hub.evaluation.metrics import classification_metrics
+from ecg_hub.evaluation.zero_shot import zero_shot_evaluate
+from ecg_hub.modeling import STANDARD_LEADS, EcgFeatureExtractor
+
+CLASSES = ["I_HIGH", "II_HIGH", "III_HIGH"]
+
+
+def toy_dataset(num_records=90, seed=0, num_samples=600, sampling_rate=100):
+    """Contract-format dataset (signal mV, sampling_rate, leads, record_id, split, a
+    Sequence(ClassLabel) column) whose class c has a large 5-Hz oscillation on lead c."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_samples) / sampling_rate
+    rows = {k: [] for k in ("signal", "sampling_rate", "leads", "record_id", "patient_id", "toy", "split")}
+    for i in range(num_records):
+        label = i % 3
+        signal = rng.normal(0, 0.1, (12, num_samples)).astype(np.float32)
+        signal[label] += np.sin(2 * np.pi * 5 * t + rng.uniform(0, 6)).astype(np.float32)
+        rows["signal"].append(signal)
+        rows["sampling_rate"].append(sampling_rate)
+        rows["leads"].append(list(STANDARD_LEADS))
+        rows["record_id"].append(f"toy{i:04d}")
+        rows["patient_id"].append(f"p{i:04d}")
+        rows["toy"].append([label])
+        rows["split"].append(["train", "train", "train", "validation", "test"][(i // 3) % 5])
+    features = datasets.Features(
+        {
+            "signal": datasets.Array2D((12, num_samples), "float32"),
+            "sampling_rate": datasets.Value("int32"),
+            "leads": datasets.Sequence(datasets.Value("string")),
+            "record_id": datasets.Value("string"),
+            "patient_id": datasets.Value("string"),
+            "toy": datasets.Sequence(datasets.ClassLabel(names=CLASSES)),
+            "split": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(rows, features=features)
+
+
+def tiny_feature_extractor():
+    return EcgFeatureExtractor(sampling_rate=100, leads=STANDARD_LEADS, num_samples=500)
+
+
+def tiny_resnet_dir(tmp_path, seed=0):
+    """A saved tiny EcgResNet encoder + feature extractor (a checkpoint folder)."""
+    import ecg_hub  # noqa: F401
+    from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
+    from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetModel
+
+    torch.manual_seed(seed)
+    config = EcgResNetConfig(
+        sampling_rate=100, num_samples=500, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]
+    )
+    path = tmp_path / "tiny-resnet"
+    EcgResNetModel(config).save_pretrained(path)
+    tiny_feature_extractor().save_pretrained(path)
+    return path
+
+
+def _cluster_splits(num_features=64, num_classes=3, noise=1.5):
+    """Train / val / test features drawn around the same class centres."""
+    centres = np.random.default_rng(0).normal(0, 1.0, (num_classes, num_features))
+
+    def draw(num_records, seed):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, num_classes, num_records)
+        return (centres[y] + rng.normal(0, noise, (num_records, num_features))).astype(np.float32), np.eye(num_classes)[y]
+
+    return draw(300, 1), draw(100, 2), draw(100, 3)
+
+
+def test_linear_probe_on_cached_features_selects_on_validation():
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = _cluster_splits()
+    config = LinearProbeConfig(max_epochs=60, patience=5, seed=3)
+    probe = train_linear_probe(x_train, y_train, x_val, y_val, config=config)
+    again = train_linear_probe(x_train, y_train, x_val, y_val, config=config)
+    assert torch.equal(probe.head.weight, again.head.weight)  # seeded: reproducible
+    best = max(h["val_macro_auroc"] for h in probe.history)
+    assert probe.val_metrics["macro_auroc"] == pytest.approx(best)
+    assert probe.history[probe.best_epoch - 1]["val_macro_auroc"] == pytest.approx(best)
+    test_scores = predict_scores(probe.head, x_test, "multi_label_classification")
+    assert roc_auc_score(y_test, test_scores, average="macro") > 0.95
+    # Single-label (cross-entropy) on the same features.
+    single = train_linear_probe(
+        x_train, y_train.argmax(1), x_val, y_val.argmax(1), problem_type="single_label_classification", config=config
+    )
+    scores = predict_scores(single.head, x_test, "single_label_classification")
+    assert np.allclose(scores.sum(1), 1) and classification_metrics(y_test.argmax(1), scores)["macro_auroc"] > 0.95
+
+
+def test_features_extracted_once_and_cached(tmp_path, monkeypatch):
+    from transformers import AutoModel
+
+    import ecg_hub.evaluation.linear_probe as linear_probe
+
+    dataset = toy_dataset(30)
+    model = AutoModel.from_pretrained(tiny_resnet_dir(tmp_path))
+    fe = tiny_feature_extractor()
+    direct = extract_features(model, dataset, fe, batch_size=8)
+    assert direct.shape == (30, 32) and direct.dtype == np.float32
+    first = cached_features(model, dataset, fe, cache_dir=tmp_path / "cache", batch_size=8)
+    assert np.allclose(first, direct, atol=1e-6)
+    assert len(list((tmp_path / "cache").glob("features-*.safetensors"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("features recomputed despite the cache")
+
+    monkeypatch.setattr(linear_probe, "extract_features", fail)
+    assert np.array_equal(cached_features(model, dataset, fe, cache_dir=tmp_path / "cache", batch_size=8), first)
+    with torch.no_grad():  # other weights -> another cache key -> recomputed
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(AssertionError, match="recomputed"):
+        cached_features(model, dataset, fe, cache_dir=tmp_path / "cache", batch_size=8)
+
+
+def _run_cli(argv):
+    from ecg_hub.commands import evaluate
+
+    parser = argparse.ArgumentParser(prog="ecg-hub")
+    evaluate.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_evaluate_cli_linear_probe_writes_results_json(tmp_path, capsys):
+    from ecg_hub.hub import load_results
+
+    data_dir = tmp_path / "toy-data"
+    toy_dataset(120).save_to_disk(str(data_dir))
+    model_dir = tiny_resnet_dir(tmp_path)
+    out = tmp_path / "results.json"
+    argv = [
+        "evaluate", str(model_dir), "--dataset", str(data_dir), "--labels", "toy", "--protocol", "linear-probe",
+        "--fractions", "0.25,1", "--seeds", "1,2", "--bootstrap", "50", "--probe-epochs", "40",
+        "--out", str(out), "--dataset-name", "toy",
+    ]
+    assert _run_cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "linear-probe" in printed and "25%" in printed and "100%" in printed
+    document = json.loads(out.read_text())
+    assert load_results(out)["model"] == str(model_dir)  # the Hub publisher accepts it
+    assert document["dataset"]["label_set"] == "toy" and document["dataset"]["class_names"] == CLASSES
+    assert document["dataset"]["split_records"] == {"train": 72, "validation": 24, "test": 24}
+    assert [(r["protocol"], r["fraction"], r["seeds"]) for r in document["results"]] == [
+        ("linear-probe", 0.25, [1, 2]),
+        ("linear-probe", 1.0, [1]),
+    ]
+    full = document["results"][1]
+    assert set(full["metrics"]) == {"macro_auroc", "macro_auprc", "fmax", "macro_f1"}
+    assert full["metrics_std"]["macro_auroc"] == 0.0 and set(full["per_class_auroc"]) == set(CLASSES)
+    low, high = full["metrics_ci95"]["macro_auroc"]
+    assert low <= full["metrics"]["macro_auroc"] <= high
+    # Even a random tiny CNN's pooled features separate "which lead oscillates" linearly.
+    assert full["metrics"]["macro_auroc"] > 0.9
+    quarter = document["results"][0]
+    assert [r["train_records"] for r in quarter["runs"]] == [18, 18]
+    assert quarter["metrics_std"]["macro_auroc"] == pytest.approx(
+        np.std([r["metrics"]["macro_auroc"] for r in quarter["runs"]])
+    )
+
+
+def test_random_init_baseline_changes_features(tmp_path):
+    from ecg_hub.evaluation.protocol import load_backbone
+
+    model_dir = tiny_resnet_dir(tmp_path)
+    pretrained = load_backbone(str(model_dir))
+    random = load_backbone(str(model_dir), random_init=True, seed=5)
+    assert type(random) is type(pretrained)
+    assert not torch.equal(next(random.parameters()), next(pretrained.parameters()))
+
+
+# --- zero-shot --------------------------------------------------------------------------------
+
+
+def test_zero_shot_with_score_function_equals_sklearn():
+    dataset = toy_dataset(30).filter(lambda r: r["split"] == "test" or True)
+
+    def lead_power(rows, prompts):
+        # Prompt "lead k" -> the record's power on lead k-1.
+        leads = [int(p[0].split()[-1]) - 1 for p in prompts]
+        return np.stack([np.asarray(r["signal"])[leads].std(axis=1) for r in rows]) / 2.0
+
+    metrics = zero_shot_evaluate(
+        lead_power, dataset=dataset, label_column="toy",
+        class_prompts={"I_HIGH": "lead 1", "II_HIGH": ["lead 2"], "iii_high": "lead 3"}, return_scores=True,
+    )
+    labels = np.eye(3)[[row[0] for row in dataset["toy"]]]
+    assert metrics["macro_auroc"] == pytest.approx(roc_auc_score(labels, metrics["scores"], average="macro"))
+    assert metrics["macro_auroc"] == 1.0
+    with pytest.raises(ValueError, match="II_HIGH"):
+        zero_shot_evaluate(lead_power, dataset=dataset, label_column="toy", class_prompts={"I_HIGH": "lead 1"})
+
+
+class _ToyClipModel(torch.nn.Module):
+    """CLIP-style toy: text = embedding of the last prompt word; ECG = per-lead power of leads I-III."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.words = torch.nn.Embedding(vocab_size, 3)
+        with torch.no_grad():
+            self.words.weight.zero_()
+            self.words.weight[3:6] = torch.eye(3)  # ids 3, 4, 5 = "one", "two", "three"
+        self.logit_scale = torch.nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        mask = attention_mask.unsqueeze(-1).float()
+        return (self.words(input_ids) * mask).sum(1)
+
+    def get_ecg_features(self, input_values, attention_mask=None, lead_mask=None):
+        return input_values[:, :3].std(dim=-1)
+
+
+def _toy_processor():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "lead": 2, "one": 3, "two": 4, "three": 5}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]")
+    return argparse.Namespace(tokenizer=fast, feature_extractor=tiny_feature_extractor()), len(vocab)
+
+
+def test_zero_shot_with_model_and_processor_prompt_ensembles():
+    processor, vocab_size = _toy_processor()
+    model = _ToyClipModel(vocab_size)
+    dataset = toy_dataset(24)
+    prompts = {"I_HIGH": ["lead one", "one"], "II_HIGH": "lead two", "III_HIGH": ["three", "lead three"]}
+    cosine = zero_shot_evaluate(model=model, processor=processor, dataset=dataset, label_column="toy",
+                                class_prompts=prompts, return_scores=True)
+    assert cosine["scoring"] == "cosine" and cosine["macro_auroc"] == 1.0
+    assert cosine["scores"].shape == (24, 3) and np.all(np.abs(cosine["scores"]) <= 1 + 1e-6)
+    assert cosine["prompts"]["II_HIGH"] == ["lead two"]
+    softmax = zero_shot_evaluate(model=model, processor=processor, dataset=dataset, label_column="toy",
+                                 class_prompts=prompts, scoring="softmax", return_scores=True)
+    assert np.allclose(softmax["scores"].sum(1), 1.0, atol=1e-5) and softmax["macro_auroc"] == 1.0
+    with pytest.raises(ValueError, match="get_ecg_features"):
+        zero_shot_evaluate(model=torch.nn.Linear(1, 1), processor=processor, dataset=dataset,
+                           label_column="toy", class_prompts=prompts)
