@@ -220,6 +220,13 @@ def _metric_config(entry: Mapping[str, Any]) -> str:
     return f"{entry['protocol']}, fraction={entry['fraction']}"
 
 
+def _labels_used(entry: Mapping[str, Any]) -> str:
+    """Human text for the share of training labels an entry used (zero-shot uses none)."""
+    if entry["protocol"] == "zero-shot" or not entry["fraction"]:
+        return "no labels (zero-shot)"
+    return f"{entry['fraction']:.0%} of training labels"
+
+
 def eval_results_from_results(results: Mapping[str, Any]) -> list:
     """One ``huggingface_hub.EvalResult`` per (result entry, metric) of a results JSON.
 
@@ -243,7 +250,7 @@ def eval_results_from_results(results: Mapping[str, Any]) -> list:
             eval_results.append(
                 EvalResult(
                     task_type=task_type,
-                    task_name=f"ECG classification ({protocol}, {entry['fraction']:g} of training labels)",
+                    task_name=f"ECG classification ({protocol}, {_labels_used(entry)})",
                     dataset_type=dataset["name"],
                     dataset_name=dataset_name,
                     dataset_config=dataset["label_set"],
@@ -253,7 +260,6 @@ def eval_results_from_results(results: Mapping[str, Any]) -> list:
                     metric_value=value,
                     metric_config=_metric_config(entry),
                     metric_args=args,
-                    source_name="ecg-hub evaluate",
                 )
             )
     return eval_results
@@ -272,7 +278,8 @@ def _results_markdown(results: Mapping[str, Any] | None) -> str:
         f"Computed by `ecg-hub evaluate` (ecg-hub {results.get('ecg_hub_version', '?')}) on **{pretty}**, "
         f"label set `{dataset['label_set']}`"
         + (f" ({len(dataset['class_names'])} classes)" if dataset.get("class_names") else "")
-        + ". Values are the mean over seeds, ± the standard deviation where several seeds ran.",
+        + ". Values are the mean over seeds, ± the standard deviation where several seeds ran, "
+        "[95 % bootstrap interval] where one seed ran.",
         "",
         "| Protocol | Labels used | Split | Seeds | " + " | ".join(_PRETTY_METRICS.get(m, m) for m in metric_names) + " |",
         "|---|---|---|---|" + "---|" * len(metric_names),
@@ -283,16 +290,23 @@ def _results_markdown(results: Mapping[str, Any] | None) -> str:
             if metric not in entry["metrics"]:
                 cells.append("–")
                 continue
+            cell = f"{entry['metrics'][metric]:.4f}"
             std = (entry.get("metrics_std") or {}).get(metric)
-            cells.append(f"{entry['metrics'][metric]:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+            if std is not None and len(entry.get("seeds") or []) > 1:
+                cell += f" ± {std:.4f}"
+            interval = (entry.get("metrics_ci95") or {}).get(metric)
+            if isinstance(interval, (list, tuple)) and len(interval) == 2:
+                cell += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+            cells.append(cell)
         seeds = ", ".join(str(s) for s in entry.get("seeds") or []) or "–"
-        lines.append(f"| {entry['protocol']} | {entry['fraction']:.0%} | {entry['split']} | {seeds} | " + " | ".join(cells) + " |")
+        used = _labels_used(entry).replace(" of training labels", "")
+        lines.append(f"| {entry['protocol']} | {used} | {entry['split']} | {seeds} | " + " | ".join(cells) + " |")
     for entry in results["results"]:
         per_class = entry.get("per_class_auroc")
         if per_class:
             lines += [
                 "",
-                f"Per-class AUROC ({entry['protocol']}, {entry['fraction']:.0%} of labels, {entry['split']}):",
+                f"Per-class AUROC ({entry['protocol']}, {_labels_used(entry)}, {entry['split']} split):",
                 "",
                 "| " + " | ".join(per_class) + " |",
                 "|" + "---|" * len(per_class),

@@ -89,9 +89,9 @@ class Repo:
 class HubError(Exception):
     """An HTTP error answer: status, ``X-Error-Code`` header and message."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None, **body):
         super().__init__(message)
-        self.status, self.code, self.headers = status, code, headers or {}
+        self.status, self.code, self.headers, self.body = status, code, headers or {}, body
 
 
 class HubState:
@@ -180,7 +180,7 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
             headers = {"X-Error-Message": str(err), **err.headers}
             if err.code:
                 headers["X-Error-Code"] = err.code
-            self._json({"error": str(err)}, err.status, headers)
+            self._json({"error": str(err), **err.body}, err.status, headers)
 
     do_GET = do_HEAD = do_POST = do_DELETE = _dispatch
 
@@ -224,7 +224,7 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
         prefix = "" if repo_type == "model" else "datasets/"
         url = f"{self.base_url}/{prefix}{repo_id}"
         if (repo_type, repo_id) in self.state.repos:
-            raise HubError(409, f"You already created this {repo_type} repo: {url}")
+            raise HubError(409, f"You already created this {repo_type} repo: {url}", url=url)  # clients read "url"
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private)
         # Like the real Hub, a new repo starts with one commit holding a .gitattributes file.

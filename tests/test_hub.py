@@ -1,0 +1,568 @@
+"""Publishing to and loading from the Hub over real HTTP, against the loopback Hub-API server of
+``tests/hub_server.py`` (``HF_ENDPOINT`` is set at the top of ``conftest.py``).
+
+Starting a fresh Python process costs seconds (torch + transformers imports), so every check that
+needs a fresh process is batched into three child runs of ``_CHILD_SCRIPT``:
+
+- ``registered``: ``import ecg_hub``, empty cache: loads by repo id at ``main``, at a pinned commit
+  and at a branch;
+- ``remote``: ``ecg_hub`` made unimportable, empty cache: refused without ``trust_remote_code``,
+  then loaded with ``trust_remote_code=True`` from the repo's own code;
+- ``offline``: ``HF_HUB_OFFLINE=1`` on the ``registered`` run's cache, with no request reaching
+  the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+pytestmark = pytest.mark.hub
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hub_server import HubServer  # noqa: E402
+
+REPO_ID = "ecg-hub-test/ecg-jepa-tiny"
+SIGNAL_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+SIGNAL_RATE = 500  # Hz of the raw test signal; the extractor resamples it to the model's 250 Hz
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures: server, tiny ECG-JEPA checkpoints, results JSON, published repo
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """The loopback Hub server on the port conftest.py put in HF_ENDPOINT."""
+    import huggingface_hub.constants
+
+    endpoint = os.environ["HF_ENDPOINT"]
+    if huggingface_hub.constants.ENDPOINT != endpoint:  # imported before conftest set it: unsafe
+        pytest.fail(f"huggingface_hub uses {huggingface_hub.constants.ENDPOINT}, not the test server {endpoint}")
+    with HubServer(port=urlparse(endpoint).port) as server:
+        yield server
+
+
+def _tiny_jepa(seed: int):
+    import torch
+
+    from ecg_hub.modeling import EcgJepaConfig, EcgJepaModel
+
+    config = EcgJepaConfig(
+        num_samples=500,  # 2 s at 250 Hz: 8 leads x 10 patches of 50 samples
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        predictor_hidden_size=32,
+        predictor_num_hidden_layers=1,
+        predictor_num_attention_heads=2,
+        predictor_intermediate_size=64,
+    )
+    torch.manual_seed(seed)
+    return EcgJepaModel(config).eval()
+
+
+def _results_document(model_dir: Path) -> dict:
+    """A results JSON in the exact layout `ecg-hub evaluate` writes (evaluation/protocol.py)."""
+    classes = ["NORM", "MI", "STTC", "CD", "HYP"]
+    return {
+        "ecg_hub_version": "0.1.0",
+        "model": str(model_dir),
+        "init": "pretrained",
+        "dataset": {"name": "ptbxl", "path": "../shared/data/ptbxl", "label_set": "superclass", "class_names": classes},
+        "results": [
+            {
+                "protocol": "linear-probe",
+                "fraction": 1.0,
+                "split": "test",
+                "seeds": [42],
+                "metrics": {"macro_auroc": 0.8731942, "macro_auprc": 0.6123456, "fmax": 0.7012345},
+                "metrics_std": {"macro_auroc": 0.0, "macro_auprc": 0.0, "fmax": 0.0},
+                "per_class_auroc": dict(zip(classes, [0.91, 0.88, 0.87, 0.86, 0.84], strict=True)),
+                "metrics_ci95": {"macro_auroc": [0.861, 0.885]},
+                "excluded_classes": [],
+                "seconds": 12.5,
+            },
+            {
+                "protocol": "linear-probe",
+                "fraction": 0.1,
+                "split": "test",
+                "seeds": [42, 43, 44],
+                "metrics": {"macro_auroc": 0.8012, "macro_auprc": 0.5234, "fmax": 0.6543},
+                "metrics_std": {"macro_auroc": 0.0123, "macro_auprc": 0.0101, "fmax": 0.0099},
+                "per_class_auroc": dict(zip(classes, [0.85, 0.80, 0.79, 0.78, 0.77], strict=True)),
+                "excluded_classes": [],
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny ECG-JEPA checkpoints (different weights) with the ECG-JEPA feature extractor, a
+    raw 12-lead signal, the model inputs it gives, and the reference outputs of both models."""
+    import numpy as np
+    import torch
+
+    from ecg_hub.modeling import EcgFeatureExtractor
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    feature_extractor = EcgFeatureExtractor.from_preset("ecg_jepa", num_samples=500)
+    signal = np.random.default_rng(0).normal(scale=0.3, size=(12, 2 * SIGNAL_RATE)).astype(np.float32)  # mV
+    inputs = feature_extractor(signal, sampling_rate=SIGNAL_RATE, leads=SIGNAL_LEADS, return_tensors="pt")
+    dirs, outputs = {}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the child processes use 1 thread too: identical float reductions
+    try:
+        for name, seed in (("v1", 1), ("v2", 2)):
+            model = _tiny_jepa(seed)
+            dirs[name] = root / name
+            model.save_pretrained(dirs[name])
+            feature_extractor.save_pretrained(dirs[name])
+            with torch.no_grad():
+                outputs[name] = {k: v for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
+    finally:
+        torch.set_num_threads(threads)
+    results_path = root / "results.json"
+    results_path.write_text(json.dumps(_results_document(dirs["v2"]), indent=2))
+    return {
+        "dirs": dirs,
+        "outputs": outputs,
+        "signal": signal,
+        "inputs": dict(inputs),
+        "feature_extractor": feature_extractor,
+        "results_path": results_path,
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="module")
+def published(hub_server, checkpoints):
+    """v1 published to main, then v2 (with results) to main, then v1 to branch "v1-branch"."""
+    from ecg_hub.hub import publish
+
+    dirs = checkpoints["dirs"]
+    first = publish(dirs["v1"], REPO_ID)
+    second = publish(dirs["v2"], REPO_ID, results=checkpoints["results_path"])
+    branch = publish(dirs["v1"], REPO_ID, revision="v1-branch")
+    return {"v1": first.oid, "v2": second.oid, "branch": branch.oid}
+
+
+# --------------------------------------------------------------------------------------------
+# The repo after publishing
+# --------------------------------------------------------------------------------------------
+
+
+def test_each_publish_is_one_commit_with_weights_preprocessing_remote_code_and_card(hub_server, published):
+    repo = hub_server.state.repos[("model", REPO_ID)]
+    v1, v2 = repo.commits[published["v1"]], repo.commits[published["v2"]]
+    initial = repo.commits[v1.parent]
+    assert initial.parent is None and set(initial.files) == {".gitattributes"}  # create_repo's commit
+    assert v2.parent == v1.oid and repo.branches["main"] == v2.oid  # one commit per publish
+    assert repo.commits[repo.branches["v1-branch"]].parent == v2.oid  # branched from main
+    assert set(v2.files) == {
+        ".gitattributes",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "requirements.txt",
+        "configuration_ecg_jepa.py",
+        "modeling_ecg_jepa.py",
+        "feature_extraction_ecg.py",
+        "leads.py",
+    }
+    config = json.loads(v2.files["config.json"])
+    assert config["model_type"] == "ecg_jepa" and config["architectures"] == ["EcgJepaModel"]
+    assert config["auto_map"]["AutoConfig"] == "configuration_ecg_jepa.EcgJepaConfig"
+    assert config["auto_map"]["AutoModel"] == "modeling_ecg_jepa.EcgJepaModel"
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_ecg_jepa.EcgJepaForSequenceClassification"
+    preprocessor = json.loads(v2.files["preprocessor_config.json"])
+    assert preprocessor["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_ecg.EcgFeatureExtractor"}
+    requirements = v2.files["requirements.txt"].decode().split("\n")
+    assert {"torch>=2.4", "transformers>=5.0", "numpy>=1.26", "scipy>=1.11"} <= set(requirements)
+    # The repo's copy of the code is the installed code, byte for byte.
+    import ecg_hub.modeling as modeling
+
+    for name in ("modeling_ecg_jepa.py", "configuration_ecg_jepa.py", "feature_extraction_ecg.py", "leads.py"):
+        assert v2.files[name] == (Path(modeling.__file__).parent / name).read_bytes()
+    # The installed classes are not left registered for remote-code saving after a publish.
+    assert modeling.EcgJepaModel.__dict__.get("_auto_class") is None
+
+
+def test_model_card_parses_and_its_metrics_equal_the_results_json(published, checkpoints):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(REPO_ID)  # README.md at main, over HTTP
+    results = json.loads(checkpoints["results_path"].read_text())
+    parsed = {(r.metric_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    expected = {
+        (f"{entry['protocol']}, fraction={entry['fraction']}", metric): value
+        for entry in results["results"]
+        for metric, value in entry["metrics"].items()
+    }
+    assert parsed == expected
+    for result in card.data.eval_results:
+        assert (result.dataset_type, result.dataset_config, result.dataset_split) == ("ptbxl", "superclass", "test")
+        entry = next(e for e in results["results"] if f"{e['protocol']}, fraction={e['fraction']}" == result.metric_config)
+        assert result.metric_args["seeds"] == entry["seeds"]
+        assert result.metric_args["std"] == entry["metrics_std"][result.metric_type]
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    assert "ecg-hub" in card.data.tags and "ecg-jepa" in card.data.tags
+    # The input contract in the text comes from the saved feature extractor.
+    fe = checkpoints["feature_extractor"]
+    assert f"{fe.sampling_rate} Hz" in card.text
+    assert ", ".join(fe.leads) in card.text
+    assert f"{fe.num_samples} samples ({fe.num_samples / fe.sampling_rate:g} s)" in card.text
+    assert "physical units (mV) go in unscaled" in card.text  # normalization "none"
+    # The rest of the contract: what it is, paper, limits, licence, the numbers' table.
+    assert "not a medical device" in card.text and "arXiv:2410.08559" in card.text
+    assert "@article{kim2024ecgjepa" in card.text
+    assert "| linear-probe | 100% | test | 42 | 0.8732 [0.8610, 0.8850]" in card.text
+    assert "| linear-probe | 10% | test | 42, 43, 44 | 0.8012 ± 0.0123" in card.text
+    assert 'AutoModel.from_pretrained("ecg-hub-test/ecg-jepa-tiny", trust_remote_code=True' in card.text
+
+
+# --------------------------------------------------------------------------------------------
+# Loading in fresh processes (batched)
+# --------------------------------------------------------------------------------------------
+
+_CHILD_SCRIPT = r'''
+import json, sys
+
+args = json.loads(sys.argv[1])
+blocked = []
+if args["block_ecg_hub"]:
+    import importlib.abc
+    import traceback
+
+    class HideEcgHub(importlib.abc.MetaPathFinder):
+        """First on sys.meta_path: any attempt to import ecg_hub fails and is recorded."""
+
+        def find_spec(self, name, path=None, target=None):
+            if name == "ecg_hub" or name.startswith("ecg_hub."):
+                blocked.append(f"{name} from:\n" + "".join(traceback.format_stack(limit=12)))
+                raise ModuleNotFoundError(f"ecg_hub is hidden from this process ({name})")
+            return None
+
+    sys.meta_path.insert(0, HideEcgHub())
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoFeatureExtractor, AutoModel
+
+torch.set_num_threads(1)
+if args["import_ecg_hub"]:
+    import ecg_hub  # registers the ecg-hub classes with the Auto classes
+report = {}
+if args["check_refusal"]:
+    try:
+        AutoModel.from_pretrained(args["repo_id"])
+        report["refusal"] = None
+    except Exception as err:
+        report["refusal"] = f"{type(err).__name__}: {err}"
+inputs = load_file(args["inputs"])
+signal = load_file(args["signal"])["signal"].numpy()
+extra = {"trust_remote_code": True} if args["trust_remote_code"] else {}
+for name, revision in args["loads"].items():
+    model = AutoModel.from_pretrained(args["repo_id"], revision=revision, **extra).eval()
+    fe = AutoFeatureExtractor.from_pretrained(args["repo_id"], revision=revision, **extra)
+    with torch.no_grad():
+        tensors = {k: v.contiguous() for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
+    features = fe(signal, sampling_rate=args["signal_rate"], leads=args["signal_leads"], return_tensors="pt")
+    tensors.update({f"fe.{k}": v.contiguous() for k, v in features.items()})
+    save_file(tensors, f"{args['out']}/{name}.safetensors")
+    report[name] = {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "fe_class": f"{type(fe).__module__}.{type(fe).__qualname__}",
+        "fe_config": {k: v for k, v in fe.to_dict().items() if k != "auto_map"},
+    }
+report["ecg_hub_modules"] = sorted(m for m in sys.modules if m == "ecg_hub" or m.startswith("ecg_hub."))
+report["blocked_imports"] = list(blocked)  # before the check below adds its own attempt
+if args["block_ecg_hub"]:
+    try:
+        import ecg_hub  # noqa: F401
+        report["hiding_works"] = False
+    except ModuleNotFoundError:
+        report["hiding_works"] = True
+with open(f"{args['out']}/report.json", "w") as handle:
+    json.dump(report, handle)
+'''
+
+
+def _start_child(workdir: Path, hf_home: Path, *, loads, offline=False, remote=False) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    script = workdir / "child.py"
+    script.write_text(_CHILD_SCRIPT)
+    args = {
+        "repo_id": REPO_ID,
+        "loads": loads,
+        "inputs": str(workdir.parent / "inputs.safetensors"),
+        "signal": str(workdir.parent / "signal.safetensors"),
+        "signal_rate": SIGNAL_RATE,
+        "signal_leads": SIGNAL_LEADS,
+        "out": str(workdir),
+        "import_ecg_hub": not remote,
+        "block_ecg_hub": remote,
+        "trust_remote_code": remote,
+        "check_refusal": remote,
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "PYTHONPATH")}
+    env.update(
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        OMP_NUM_THREADS="1",
+    )
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    with (workdir / "log.txt").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, str(script), json.dumps(args)],
+            cwd=workdir,  # the checkout is not on sys.path: only the installed packages are
+            env=env,
+            stdin=subprocess.DEVNULL,  # transformers' trust_remote_code prompt gets EOF, never blocks
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _finish(process: subprocess.Popen, workdir: Path) -> dict:
+    process.wait(timeout=300)
+    output = (workdir / "log.txt").read_text()
+    assert process.returncode == 0, f"child process failed:\n{output[-6000:]}"
+    return json.loads((workdir / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fresh_processes(hub_server, published, checkpoints, tmp_path_factory):
+    """Run the three child processes; returns their reports, outputs and request counts."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path_factory.mktemp("children")
+    save_file({k: v.contiguous() for k, v in checkpoints["inputs"].items()}, root / "inputs.safetensors")
+    save_file({"signal": torch.from_numpy(checkpoints["signal"])}, root / "signal.safetensors")
+    registered_home, remote_home = root / "hf-home-registered", root / "hf-home-remote"
+    loads = {"main": None, "pinned_v1": published["v1"], "branch": "v1-branch"}
+    requests_before = len(hub_server.state.requests)
+    running = [
+        ("registered", _start_child(root / "registered", registered_home, loads=loads)),
+        ("remote", _start_child(root / "remote", remote_home, loads={"main": None}, remote=True)),
+    ]
+    runs = {name: _finish(process, root / name) for name, process in running}
+    online_requests = hub_server.state.requests[requests_before:]
+    requests_before_offline = len(hub_server.state.requests)
+    offline_loads = {"main": None, "pinned_v1": published["v1"]}
+    runs["offline"] = _finish(_start_child(root / "offline", registered_home, loads=offline_loads, offline=True), root / "offline")
+    offline_requests = hub_server.state.requests[requests_before_offline:]
+    outputs = {
+        (run, load): load_file(root / run / f"{load}.safetensors")
+        for run, report in runs.items()
+        for load in report
+        if isinstance(report[load], dict)
+    }
+    return {"reports": runs, "outputs": outputs, "online_requests": online_requests, "offline_requests": offline_requests}
+
+
+def _assert_same_outputs(got: dict, expected: dict) -> None:
+    import torch
+
+    model_keys = {k for k in got if not k.startswith("fe.")}
+    assert model_keys == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), f"{key} differs"
+
+
+def _assert_same_features(got: dict, checkpoints: dict) -> None:
+    import torch
+
+    expected = checkpoints["feature_extractor"](
+        checkpoints["signal"], sampling_rate=SIGNAL_RATE, leads=SIGNAL_LEADS, return_tensors="pt"
+    )
+    for key, value in expected.items():
+        assert torch.equal(got[f"fe.{key}"], value), f"feature extractor output {key} differs"
+
+
+def _expected_fe_config(checkpoints) -> dict:
+    return {k: v for k, v in checkpoints["feature_extractor"].to_dict().items() if k != "auto_map"}
+
+
+def test_fresh_process_loads_by_repo_id_with_installed_classes(fresh_processes, published, checkpoints):
+    report = fresh_processes["reports"]["registered"]
+    outputs, expected = fresh_processes["outputs"], checkpoints["outputs"]
+    _assert_same_outputs(outputs[("registered", "main")], expected["v2"])  # main = latest publish
+    _assert_same_features(outputs[("registered", "main")], checkpoints)
+    assert report["main"]["fe_config"] == _expected_fe_config(checkpoints)
+    # The installed ecg-hub classes were used, not the repo's code.
+    assert report["main"]["model_class"] == "ecg_hub.modeling.modeling_ecg_jepa.EcgJepaModel"
+    assert report["main"]["fe_class"] == "ecg_hub.modeling.feature_extraction_ecg.EcgFeatureExtractor"
+    # It downloaded over HTTP from the test server (its cache started empty).
+    paths = {path for _, path in fresh_processes["online_requests"]}
+    assert f"/{REPO_ID}/resolve/{published['v2']}/model.safetensors" in paths
+
+
+def test_revision_pinning_by_commit_and_branch(fresh_processes, checkpoints):
+    outputs, expected = fresh_processes["outputs"], checkpoints["outputs"]
+    _assert_same_outputs(outputs[("registered", "pinned_v1")], expected["v1"])
+    _assert_same_outputs(outputs[("registered", "branch")], expected["v1"])
+
+
+def test_trust_remote_code_loads_without_ecg_hub(fresh_processes, checkpoints):
+    report = fresh_processes["reports"]["remote"]
+    # Without trust_remote_code, nothing from the repo runs: transformers refuses.
+    assert report["refusal"] is not None and "trust_remote_code" in report["refusal"]
+    # ecg_hub was never imported nor even looked for, and the hiding really worked.
+    assert report["blocked_imports"] == [], "\n".join(report["blocked_imports"])
+    assert report["ecg_hub_modules"] == [] and report["hiding_works"]
+    assert report["main"]["model_class"].startswith("transformers_modules.")
+    assert report["main"]["model_class"].endswith("modeling_ecg_jepa.EcgJepaModel")
+    assert report["main"]["fe_class"].endswith("feature_extraction_ecg.EcgFeatureExtractor")
+    assert report["main"]["fe_config"] == _expected_fe_config(checkpoints)
+    _assert_same_outputs(fresh_processes["outputs"][("remote", "main")], checkpoints["outputs"]["v2"])
+    _assert_same_features(fresh_processes["outputs"][("remote", "main")], checkpoints)
+
+
+def test_offline_mode_loads_from_the_cache_without_any_request(fresh_processes, checkpoints):
+    assert fresh_processes["offline_requests"] == []
+    outputs, expected = fresh_processes["outputs"], checkpoints["outputs"]
+    _assert_same_outputs(outputs[("offline", "main")], expected["v2"])
+    _assert_same_outputs(outputs[("offline", "pinned_v1")], expected["v1"])
+    assert fresh_processes["reports"]["offline"]["main"]["fe_config"] == _expected_fe_config(checkpoints)
+
+
+# --------------------------------------------------------------------------------------------
+# Failures
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault_status", [None, 500], ids=["dropped-connection", "http-500"])
+def test_failed_publish_leaves_the_remote_repo_unchanged_and_says_what_failed(
+    hub_server, published, checkpoints, fault_status
+):
+    from ecg_hub.hub import PublishError, publish
+
+    repo = hub_server.state.repos[("model", REPO_ID)]
+    before = (dict(repo.branches), len(repo.commits), dict(repo.commits[repo.branches["main"]].files))
+    hub_server.state.inject_fault("commit", status=fault_status)
+    try:
+        with pytest.raises(PublishError) as failure:
+            publish(checkpoints["dirs"]["v1"], REPO_ID)
+    finally:
+        hub_server.state.faults.pop("commit", None)
+    message = str(failure.value)
+    assert f"to {REPO_ID}@main failed while committing 9 files" in message
+    assert f"The remote repo is unchanged: main is still at {published['v2']}" in message
+    after = (dict(repo.branches), len(repo.commits), dict(repo.commits[repo.branches["main"]].files))
+    assert after == before
+
+
+def test_publish_refuses_a_checkpoint_without_its_feature_extractor(hub_server, checkpoints, tmp_path):
+    from ecg_hub.hub import publish
+
+    model_dir = tmp_path / "no-preprocessor"
+    _tiny_jepa(0).save_pretrained(model_dir)
+    with pytest.raises(ValueError, match="no preprocessor_config.json or processor_config.json"):
+        publish(model_dir, "ecg-hub-test/never-created")
+    assert ("model", "ecg-hub-test/never-created") not in hub_server.state.repos
+
+
+def test_publish_refuses_results_of_another_model_or_malformed_results(hub_server, checkpoints, tmp_path):
+    from ecg_hub.hub import publish
+
+    other = _results_document(checkpoints["dirs"]["v1"])  # evaluated v1, publishing v2
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="field 'model'"):
+        publish(checkpoints["dirs"]["v2"], "ecg-hub-test/never-created", results=tmp_path / "other.json")
+    broken = _results_document(checkpoints["dirs"]["v2"])
+    broken["results"][1]["metrics"]["fmax"] = "0.65"
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"results\[1\]\.metrics\.fmax.*must be a number"):
+        publish(checkpoints["dirs"]["v2"], "ecg-hub-test/never-created", results=tmp_path / "broken.json")
+    assert ("model", "ecg-hub-test/never-created") not in hub_server.state.repos
+
+
+def test_remote_code_may_only_import_what_a_plain_transformers_install_has(tmp_path):
+    from ecg_hub.hub import _check_remote_code_imports
+
+    (tmp_path / "modeling_x.py").write_text("import torch\nfrom .leads import STANDARD_LEADS\nimport json\n")
+    assert _check_remote_code_imports(tmp_path) == ["torch>=2.4"]
+    (tmp_path / "modeling_y.py").write_text("from ecg_hub.data import records\n")
+    with pytest.raises(ValueError, match="modeling_y.py imports 'ecg_hub.data'"):
+        _check_remote_code_imports(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI and catalogue
+# --------------------------------------------------------------------------------------------
+
+
+def _cli(argv: list[str]) -> int:
+    """Run the publish/download subcommands through their own register() functions."""
+    from ecg_hub.commands import download, publish
+
+    parser = argparse.ArgumentParser(prog="ecg-hub")
+    subparsers = parser.add_subparsers()
+    publish.register(subparsers)
+    download.register(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_publish_private_to_a_branch_then_download_reads_only_safetensors(hub_server, checkpoints, capsys):
+    from huggingface_hub import HfApi
+
+    repo_id = "ecg-hub-test/cli"
+    argv = ["publish", str(checkpoints["dirs"]["v2"]), "--repo-id", repo_id, "--private", "--revision", "dev"]
+    assert _cli([*argv, "--results", str(checkpoints["results_path"])]) == 0
+    commit = capsys.readouterr().out.split("commit: ")[1].split()[0]
+    repo = hub_server.state.repos[("model", repo_id)]
+    assert repo.private and repo.branches["dev"] == commit
+    assert set(repo.commits[repo.branches["main"]].files) == {".gitattributes"}  # main untouched
+    # A pickle pushed by someone else is never downloaded.
+    HfApi().upload_file(path_or_fileobj=b"not a pickle", path_in_repo="pytorch_model.bin", repo_id=repo_id, revision="dev")
+    upload_head = repo.branches["dev"]
+    assert _cli(["download", repo_id, "--revision", "dev"]) == 0
+    local = Path(capsys.readouterr().out.strip())
+    assert local.is_dir() and local.name == repo.branches["dev"]
+    files = {p.name for p in local.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= files
+    assert "pytorch_model.bin" not in files
+    # Publishing again removes files the new checkpoint does not have (one commit, adds + deletes).
+    assert _cli(argv) == 0
+    head = repo.commits[repo.branches["dev"]]
+    assert "pytorch_model.bin" not in head.files and head.parent == upload_head
+
+
+def test_cli_reports_failures_with_a_message_and_exit_code(hub_server, tmp_path, capsys):
+    assert _cli(["download", "ecg-hub-test/does-not-exist"]) == 1
+    assert "ecg-hub-test/does-not-exist" in capsys.readouterr().err
+    assert _cli(["publish", str(tmp_path), "--repo-id", "ecg-hub-test/never-created"]) == 1
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_list_checkpoints_names_family_and_a_real_input_preset(capsys):
+    import ecg_hub.hub as hub
+    from ecg_hub.modeling.feature_extraction_ecg import PRESETS
+
+    checkpoints = hub.list_checkpoints()
+    assert len({c.repo_id for c in checkpoints}) == len(checkpoints) >= 4
+    assert {c.family for c in checkpoints} == set(hub.FAMILIES)
+    for checkpoint in checkpoints:
+        assert checkpoint.repo_id.startswith("ecg-hub/") and checkpoint.input_preset in PRESETS
+        assert hub._card_template(checkpoint.family).startswith("---\n{{ card_data }}\n---")
+    assert [c.repo_id for c in hub.list_checkpoints("ecg_jepa")][0] == "ecg-hub/ecg-jepa-multiblock"
+    with pytest.raises(ValueError, match="unknown model family"):
+        hub.list_checkpoints("resnet")
+    assert _cli(["download", "--list"]) == 0
+    assert "ecg-hub/etp-resnet18\tetp\tetp" in capsys.readouterr().out
