@@ -84,7 +84,7 @@ def plot_ecg(
         first = int(round(start_s * fs))
         last = min(signal.shape[1], int(round((start_s + length_s) * fs)))
         trace = signal[leads.index(lead), first:last]
-        trace = trace - np.median(signal[leads.index(lead)])  # centre wandering baselines in the row
+        trace = trace - np.median(trace)  # centre each segment on its own baseline (wander moves it)
         times = start_s + np.arange(len(trace)) / fs
         ax.plot(times, baseline + np.clip(trace, -1.45, 1.45), color="black", linewidth=0.7, zorder=2)
 
