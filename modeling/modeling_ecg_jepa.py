@@ -9,8 +9,8 @@ Two details of the released model are kept because its weights only reproduce wi
   lead) is **re-added to the input of every block**, not only once;
 * **Cross-Pattern Attention (CroPA)**: a token attends only to tokens of its own lead (any time) and
   of its own time slot (any lead), 57 of 400 keys for the released shape. It is an attention mask,
-  built by ``transformers.masking_utils.create_bidirectional_mask`` and consumed by whichever
-  attention implementation is selected (``"sdpa"`` by default, or ``"eager"``).
+  built by the transformers mask builder of the selected attention implementation (``"sdpa"`` by
+  default, or ``"eager"``) and consumed through the transformers attention interface.
 
 Missing leads and padded time (``lead_mask`` / ``attention_mask`` from ``EcgFeatureExtractor``) are
 removed from attention as keys and from the mean pooling, so a record with missing leads gets exactly
@@ -22,6 +22,7 @@ This file imports torch, transformers and its sibling modules only, so it can tr
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -41,27 +42,30 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_ecg_jepa import EcgJepaConfig
 
 # ----------------------------------------------------------------------------------------------
-# Positions and the CroPA mask: pure functions of the token grid, rebuilt on every call (cheap
-# next to the encoder) so that any lead subset and any length up to the configured one work.
+# Positions and the CroPA mask: pure functions of the token grid, built per call (the table is cached
+# per shape) so that any lead subset and any length up to the configured one work.
 # ----------------------------------------------------------------------------------------------
 
 
 def _sincos_1d(width: int, positions: torch.Tensor) -> torch.Tensor:
     """``(len(positions), width)`` table: ``sin(p * w_k)`` then ``cos(p * w_k)``, ``w_k = 10000^(-2k/width)``."""
-    omega = 1.0 / 10000 ** (torch.arange(width // 2, dtype=torch.float64) / (width / 2))
+    omega = 1.0 / 10000 ** (torch.arange(width // 2, dtype=torch.float64, device="cpu") / (width / 2))
     angles = positions.to(torch.float64)[:, None] * omega[None, :]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+@lru_cache(maxsize=32)
 def sincos_position_table(width: int, num_leads: int, num_patches: int) -> torch.Tensor:
     """The fixed 2-D sin-cos position table of ECG-JEPA, ``(num_leads * num_patches, width)`` float32.
 
     Rows are lead-major (row ``l * num_patches + p`` is lead ``l``, time patch ``p``). Columns
     ``[0, width/2)`` encode the time patch index, ``[width/2, width)`` the lead index. Computed in
     float64 and rounded once, like the official numpy table, so the two agree to the last bit.
+    Cached per shape: callers must not modify the returned tensor in place.
     """
-    time_index = torch.arange(num_patches).repeat(num_leads)
-    lead_index = torch.arange(num_leads).repeat_interleave(num_patches)
+    # Explicit CPU: the table is cached, and must not be created on a default (e.g. meta) device.
+    time_index = torch.arange(num_patches, device="cpu").repeat(num_leads)
+    lead_index = torch.arange(num_leads, device="cpu").repeat_interleave(num_patches)
     table = torch.cat([_sincos_1d(width // 2, time_index), _sincos_1d(width // 2, lead_index)], dim=1)
     return table.to(torch.float32)
 
@@ -92,6 +96,35 @@ def cross_pattern_mask_function(
         return allowed
 
     return mask_function
+
+
+def build_attention_mask(config: EcgJepaConfig, embeddings: torch.Tensor, mask_function: Callable):
+    """The ``(batch, 1, tokens, tokens)`` mask for the selected attention implementation (boolean for
+    SDPA, additive 0 / dtype-minimum for eager) from an index-based ``mask_function``.
+
+    ``create_bidirectional_mask(and_mask_function=...)`` builds the same mask but through ``torch.vmap``,
+    which costs tens of milliseconds per call on a CPU; the CroPA function only indexes and compares,
+    so the implementation's mask builder can broadcast it directly (``use_vmap=False``).
+    """
+    implementation = config._attn_implementation
+    if implementation not in ALL_MASK_ATTENTION_FUNCTIONS:
+        return create_bidirectional_mask(
+            config=config, inputs_embeds=embeddings, attention_mask=None, and_mask_function=mask_function
+        )
+    batch_size, num_tokens = embeddings.shape[:2]
+    return ALL_MASK_ATTENTION_FUNCTIONS[implementation](
+        batch_size=batch_size,
+        q_length=num_tokens,
+        kv_length=num_tokens,
+        mask_function=mask_function,
+        attention_mask=None,
+        allow_is_causal_skip=False,
+        allow_is_bidirectional_skip=False,
+        dtype=embeddings.dtype,
+        config=config,
+        use_vmap=False,
+        device=embeddings.device,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -508,11 +541,8 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
         cross_pattern = self.config.attention_pattern == "cropa"
         attention_bias = None
         if cross_pattern or token_valid is not None:
-            attention_bias = create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=embeddings,
-                attention_mask=None,
-                and_mask_function=cross_pattern_mask_function(lead_ids, time_ids, token_valid, cross_pattern),
+            attention_bias = build_attention_mask(
+                self.config, embeddings, cross_pattern_mask_function(lead_ids, time_ids, token_valid, cross_pattern)
             )
 
         every_layer = self.config.add_position_every_layer
