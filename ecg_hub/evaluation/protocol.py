@@ -156,10 +156,10 @@ def _test_run(seed, train_records, y_val, val_scores, y_test, test_scores, class
 
 
 def _labels(dataset, column, problem_type):
-    from ecg_hub.training.finetune import keep_single_label_records, label_matrix
+    """The task's records (``select_task_records``) and their (N, C) multi-hot labels."""
+    from ecg_hub.training.finetune import label_matrix, select_task_records
 
-    if problem_type == "single_label_classification":
-        dataset = keep_single_label_records(dataset, column)
+    dataset = select_task_records(dataset, column, problem_type)
     return dataset, label_matrix(dataset, column)
 
 
@@ -280,10 +280,15 @@ def evaluate_model(
             the folder name).
     """
     from ecg_hub import __version__
-    from ecg_hub.training.finetune import class_names_of, load_feature_extractor, load_splits
+    from ecg_hub.training.finetune import class_names_of, load_feature_extractor, load_splits, select_task_records
 
     settings = settings or EvaluationSettings()
-    splits = load_splits(dataset_path)
+    # Records without a class of the label set (or, single-label, with more than one) are not part
+    # of the task; the JSON records how many remain per split and a hash of their ids.
+    splits = {
+        name: select_task_records(split, label_column, settings.problem_type)
+        for name, split in load_splits(dataset_path).items()
+    }
     class_names = class_names_of(splits["train"], label_column)
     feature_extractor = load_feature_extractor(
         None if settings.feature_extractor_preset else model_name_or_path, preset=settings.feature_extractor_preset
@@ -335,9 +340,7 @@ def run_zero_shot(model_name_or_path, splits, label_column, class_names, setting
     start = time.perf_counter()
     model = AutoModel.from_pretrained(model_name_or_path)
     processor = AutoProcessor.from_pretrained(model_name_or_path)
-    test = splits["test"]
-    if settings.problem_type == "single_label_classification":
-        test, _ = _labels(test, label_column, settings.problem_type)
+    test, _ = _labels(splits["test"], label_column, settings.problem_type)
     metrics = zero_shot_evaluate(
         model=model, processor=processor, dataset=test, class_prompts=settings.prompts,
         label_column=label_column, scoring=settings.zero_shot_scoring, batch_size=settings.batch_size,

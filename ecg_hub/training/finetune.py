@@ -19,15 +19,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
+from ecg_hub.recipe import Component
 from ecg_hub.evaluation.metrics import (
     classification_metrics,
     make_compute_metrics,
@@ -56,6 +58,8 @@ PROTOCOL_TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 2,
     "report_to": "none",
     "dataloader_num_workers": 0,
+    # Pinned memory only helps host-to-GPU copies (and warns on CPU-only machines).
+    "dataloader_pin_memory": torch.cuda.is_available(),
 }
 
 
@@ -110,13 +114,22 @@ def load_splits(path_or_dataset) -> dict:
     return {name: splits[name] for name in SPLITS}
 
 
-def keep_single_label_records(dataset, column: str):
-    """Records with exactly one positive class in ``column`` (the multi-class task of ECG-JEPA)."""
+def select_task_records(dataset, column: str, problem_type: str = "multi_label_classification"):
+    """The records a task scores: at least one positive ``column`` class (multi-label; the PTB-XL
+    benchmark and MERL drop records without a label of the task), or exactly one (single-label:
+    the multi-class task of ECG-JEPA)."""
     counts = np.array([len(v) for v in dataset[column]])
-    kept = dataset.select(np.flatnonzero(counts == 1))
-    if len(kept) < len(dataset):
-        logger.info("single-label: kept %d of %d records with exactly one %r class", len(kept), len(dataset), column)
-    return kept
+    keep = counts == 1 if problem_type == "single_label_classification" else counts >= 1
+    if keep.all():
+        return dataset
+    logger.info("%s: kept %d of %d records with %s %r class", problem_type, int(keep.sum()), len(dataset),
+                "exactly one" if problem_type == "single_label_classification" else "at least one", column)
+    return dataset.select(np.flatnonzero(keep))
+
+
+def keep_single_label_records(dataset, column: str):
+    """Records with exactly one positive class in ``column``."""
+    return select_task_records(dataset, column, "single_label_classification")
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -362,8 +375,7 @@ def finetune(
         model.config.problem_type = problem_type
 
     def prepare(dataset):
-        if problem_type == "single_label_classification":
-            dataset = keep_single_label_records(dataset, label_column)
+        dataset = select_task_records(dataset, label_column, problem_type)
         columns = [c for c in ("signal", "sampling_rate", "leads", "record_id", label_column) if c in dataset.column_names]
         return dataset.select_columns(columns).with_format("numpy", columns=["signal"], output_all_columns=True)
 
@@ -425,3 +437,172 @@ def predict_scores(model, dataset, feature_extractor, *, problem_type: str, batc
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             scores.append(scores_from_logits(logits, problem_type).cpu().numpy())
     return np.concatenate(scores).astype(np.float64)
+
+
+# --- recipes --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneData:
+    """The ``data:`` section of a fine-tuning recipe.
+
+    Attributes:
+        path: a prepared dataset folder (``ecg-hub data prepare ...``) with train / validation / test.
+        label_column: the label set (``superclass``, ``subclass``, ``form``, ``rhythm``, ...).
+        problem_type: ``multi_label_classification`` (BCE) or ``single_label_classification`` (CE).
+        fraction: fraction of the training split used (``sample_label_fraction``), in (0, 1].
+        fraction_seed: seed of that draw (42, 43, 44 in the protocol).
+    """
+
+    path: str
+    label_column: str
+    problem_type: str = "multi_label_classification"
+    fraction: float = 1.0
+    fraction_seed: int = 42
+
+    def __post_init__(self):
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"data.problem_type: expected one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"data.fraction: expected a value in (0, 1], got {self.fraction}")
+
+
+@dataclass
+class FinetuneSettings:
+    """The ``finetune:`` section: protocol settings outside ``TrainingArguments``."""
+
+    early_stopping_patience: int = 5
+    warmup_epochs: float = 3.0
+
+
+def _training_argument_names() -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+# Set by the protocol (selection on validation macro AUROC, our collator): not recipe keys.
+FIXED_TRAINING_ARGUMENTS = (
+    "output_dir",
+    "load_best_model_at_end",
+    "metric_for_best_model",
+    "greater_is_better",
+    "remove_unused_columns",
+)
+
+
+@dataclass(kw_only=True)
+class FinetuneRecipe:
+    """Schema of fine-tuning recipes (``recipes/*/finetune_*.yaml``), loaded by ``ecg_hub.recipe``.
+
+    Components:
+
+    - ``model``: usually :func:`load_classification_model` (``pretrained: DIR`` or ``config:`` +
+      ``model_type:``); it receives ``class_names`` and ``problem_type`` from the data section;
+    - ``feature_extractor``: usually :func:`load_feature_extractor` (the checkpoint's saved one,
+      or a preset).
+
+    ``training`` holds ``TrainingArguments`` fields (transformers v5 names) over the protocol
+    defaults (:data:`PROTOCOL_TRAINING_DEFAULTS`); unknown names are errors at load time.
+    """
+
+    PROVIDED_KWARGS: ClassVar[dict[str, tuple[str, ...]]] = {"model": ("class_names", "problem_type")}
+
+    recipe: str = "ecg_hub.training.finetune.FinetuneRecipe"
+    output_dir: str
+    seed: int = 42
+    data: FinetuneData
+    model: Component
+    feature_extractor: Component
+    training: dict[str, Any] = field(default_factory=dict)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def __post_init__(self):
+        known = _training_argument_names()
+        for key in self.training:
+            if key in FIXED_TRAINING_ARGUMENTS:
+                raise ValueError(f"'training.{key}' is fixed by the ecg-hub protocol; remove it from the recipe")
+            if key not in known:
+                raise ValueError(f"unknown key 'training.{key}': not a transformers.TrainingArguments field")
+
+
+def load_finetune_recipe(path, overrides: Sequence[str] = ()) -> FinetuneRecipe:
+    """Read and validate a fine-tuning recipe (a path or a packaged name) with ``key=value`` overrides."""
+    from ecg_hub.recipe import load_recipe
+
+    return load_recipe(path, overrides, schema=FinetuneRecipe)
+
+
+def run_finetune_recipe(recipe: FinetuneRecipe, *, results_json: str | None = None) -> FinetuneResult:
+    """Build everything a :class:`FinetuneRecipe` names, fine-tune, save the best model and its
+    feature extractor to ``output_dir/best``, and (optionally) write the results JSON."""
+    from ecg_hub.evaluation.fractions import sample_label_fraction
+    from ecg_hub.recipe import instantiate
+
+    start = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    data = recipe.data
+    splits = load_splits(data.path)
+    class_names = class_names_of(splits["train"], data.label_column)
+    model = instantiate(recipe.model, class_names=class_names, problem_type=data.problem_type)
+    feature_extractor = instantiate(recipe.feature_extractor)
+    train_indices = None
+    if data.fraction < 1.0:
+        task_train = select_task_records(splits["train"], data.label_column, data.problem_type)
+        splits = {**splits, "train": task_train}
+        train_indices = sample_label_fraction(label_matrix(task_train, data.label_column), data.fraction, data.fraction_seed)
+    result = finetune(
+        model,
+        feature_extractor,
+        splits,
+        data.label_column,
+        output_dir=recipe.output_dir,
+        problem_type=data.problem_type,
+        train_indices=train_indices,
+        early_stopping_patience=recipe.finetune.early_stopping_patience,
+        warmup_epochs=recipe.finetune.warmup_epochs,
+        seed=recipe.seed,
+        **recipe.training,
+    )
+    best_dir = Path(recipe.output_dir) / "best"
+    result.trainer.save_model(str(best_dir))  # model + feature extractor (processing_class)
+    if results_json is not None:
+        from ecg_hub import __version__
+        from ecg_hub.evaluation.metrics import bootstrap_confidence_intervals, macro_f1_at, tune_f1_thresholds
+        from ecg_hub.evaluation.protocol import split_fingerprint, write_json_atomic
+
+        thresholds = tune_f1_thresholds(result.val_labels, result.val_scores)
+        metrics = dict(result.test_metrics)
+        metrics["macro_f1"] = macro_f1_at(result.test_labels, result.test_scores, thresholds)
+        keys = ("macro_auroc", "macro_auprc", "fmax", "macro_f1")
+        document = {
+            "ecg_hub_version": __version__,
+            "model": str(best_dir),
+            "dataset": {
+                "name": Path(data.path).name,
+                "path": data.path,
+                "label_set": data.label_column,
+                "class_names": class_names,
+                "problem_type": data.problem_type,
+                "split_sha256": {name: split_fingerprint(split) for name, split in splits.items()},
+            },
+            "results": [
+                {
+                    "protocol": "finetune",
+                    "fraction": data.fraction,
+                    "split": "test",
+                    "seeds": [data.fraction_seed if data.fraction < 1 else recipe.seed],
+                    "metrics": {k: metrics[k] for k in keys},
+                    "metrics_std": {k: 0.0 for k in keys},
+                    "metrics_ci95": bootstrap_confidence_intervals(result.test_labels, result.test_scores),
+                    "per_class_auroc": {k: v for k, v in metrics["per_class_auroc"].items() if v is not None},
+                    "excluded_classes": metrics["excluded_classes"],
+                    "val_macro_auroc": result.val_metrics["macro_auroc"],
+                    "train_records": result.train_records,
+                    "epochs": result.epochs_run,
+                    "seconds": time.perf_counter() - start,
+                }
+            ],
+        }
+        write_json_atomic(document, results_json)
+    return result

@@ -1,0 +1,53 @@
+"""``ecg-hub finetune RECIPE [key=value ...]``: Trainer fine-tuning from a recipe.
+
+RECIPE is a YAML file or a packaged recipe name (``ecg_jepa/finetune_ptbxl_superclass``); overrides
+use dotted keys, parsed as YAML (``training.num_train_epochs=5 data.fraction=0.1``). The best
+checkpoint is chosen on validation macro AUROC; the test split is scored once, with it. The best
+model and its feature extractor are saved to ``OUTPUT_DIR/best``, the metrics to
+``OUTPUT_DIR/results.json`` (the results-JSON schema of ``ecg-hub evaluate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a ...ForSequenceClassification model from a recipe (Trainer)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("recipe", metavar="RECIPE", help="recipe YAML file or packaged recipe name")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (dotted keys)")
+    parser.add_argument("--results", type=Path, default=None, help="results JSON (default: OUTPUT_DIR/results.json)")
+    parser.add_argument("--validate-only", action="store_true", help="load and check the recipe, then stop")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ecg_hub.evaluation.protocol import format_results_table
+    from ecg_hub.recipe import dump_recipe
+    from ecg_hub.training.finetune import load_finetune_recipe, run_finetune_recipe
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    recipe = load_finetune_recipe(args.recipe, args.overrides)
+    if args.validate_only:
+        print(dump_recipe(recipe))
+        return 0
+    results = args.results or Path(recipe.output_dir) / "results.json"
+    start = time.perf_counter()
+    result = run_finetune_recipe(recipe, results_json=str(results))
+    import json
+
+    document = json.loads(Path(results).read_text(encoding="utf-8"))
+    print(format_results_table(document))
+    print(
+        f"best checkpoint: {result.best_checkpoint} (validation macro AUROC {result.val_metrics['macro_auroc']:.4f}); "
+        f"saved to {Path(recipe.output_dir) / 'best'}; results: {results}  ({time.perf_counter() - start:.0f} s)"
+    )
+    return 0
