@@ -14,6 +14,7 @@ Imports torch and transformers only (Hub remote-code bundle).
 """
 
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -326,13 +327,17 @@ class EtpModel(EtpPreTrainedModel):
                 [`EcgResNetModel`], or ``None`` for the default ResNet18-1D.
             text_model_name_or_path: path or Hub id of any ``AutoModel`` text encoder
                 (default ``emilyalsentzer/Bio_ClinicalBERT``, downloaded from the Hub).
-            **kwargs: ``ecg_*`` / ``text_*`` keys go to the towers' ``from_pretrained`` (e.g.
-                ``text_revision="..."``); the rest to [`EtpConfig`] (``projection_dim``, ``temperature``, ...).
+            **kwargs: [`EtpConfig`] fields (``projection_dim``, ``temperature``, ``text_pooling``, ...);
+                other ``ecg_*`` / ``text_*`` keys go to the towers' ``from_pretrained`` without the
+                prefix (e.g. ``text_revision="..."``).
 
         The projections and the logit scale are newly initialised; train before using the model.
         """
-        ecg_kwargs = {k[len("ecg_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("ecg_")}
-        text_kwargs = {k[len("text_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("text_")}
+        # EtpConfig's own fields (text_pooling, ecg_pooling, ...) are not tower arguments.
+        config_fields = {f.name for f in dataclasses.fields(EtpConfig)}
+        tower_keys = [k for k in kwargs if k not in config_fields]
+        ecg_kwargs = {k[len("ecg_") :]: kwargs.pop(k) for k in tower_keys if k.startswith("ecg_")}
+        text_kwargs = {k[len("text_") :]: kwargs.pop(k) for k in tower_keys if k.startswith("text_")}
         if isinstance(ecg_model_name_or_path, EcgResNetConfig):
             ecg_model = EcgResNetModel(ecg_model_name_or_path)
         elif ecg_model_name_or_path is None:

@@ -37,6 +37,49 @@ def with_reports(dataset, text_column: str = "report", min_words: int = 1):
     )
 
 
+def train_report_tokenizer(texts, vocab_size: int = 2000, lowercase: bool = True, min_frequency: int = 1):
+    """A BERT-style WordPiece tokenizer trained on report texts with the ``tokenizers`` library.
+
+    For CPU runs and tests that pair ETP with a tiny random BERT instead of a downloaded clinical
+    model: ``[CLS] report [SEP]`` with ``[PAD]`` id 0, like BERT.
+
+    Args:
+        texts: iterable of strings (e.g. ``dataset["report"]``).
+        vocab_size: maximum vocabulary size (special tokens included).
+        lowercase: lower-case and strip accents before splitting (BERT uncased normaliser).
+        min_frequency: drop pieces seen fewer times.
+
+    Returns:
+        a ``transformers`` fast tokenizer (``save_pretrained`` / ``AutoTokenizer`` compatible).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials)
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise ValueError("train_report_tokenizer: no non-empty text to train on")
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
 class EcgTextCollator:
     """Collate ECG-report rows into one batch for ``EtpModel(**batch)``.
 
@@ -87,4 +130,4 @@ class EcgTextCollator:
         return batch
 
 
-__all__ = ["EcgTextCollator", "report_text", "with_reports"]
+__all__ = ["EcgTextCollator", "report_text", "train_report_tokenizer", "with_reports"]
