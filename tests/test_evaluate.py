@@ -257,3 +257,24 @@ def test_zero_shot_with_model_and_processor_prompt_ensembles():
     with pytest.raises(ValueError, match="get_ecg_features"):
         zero_shot_evaluate(model=torch.nn.Linear(1, 1), processor=processor, dataset=dataset,
                            label_column="toy", class_prompts=prompts)
+
+
+def test_evaluate_cli_finetune_protocol_random_init(tmp_path):
+    data_dir = tmp_path / "toy-data"
+    toy_dataset(60).save_to_disk(str(data_dir))
+    model_dir = tiny_resnet_dir(tmp_path)
+    out = tmp_path / "ft.json"
+    argv = [
+        "evaluate", str(model_dir), "--dataset", str(data_dir), "--labels", "toy", "--protocol", "finetune",
+        "--fractions", "1", "--random-init", "--bootstrap", "0", "--work-dir", str(tmp_path / "work"),
+        "--finetune-arg", "num_train_epochs=2", "--finetune-arg", "per_device_train_batch_size=8",
+        "--finetune-arg", "learning_rate=1e-3", "--out", str(out),
+    ]
+    torch.set_num_threads(1)
+    assert _run_cli(argv) == 0
+    document = json.loads(out.read_text())
+    assert document["init"] == "random"
+    (entry,) = document["results"]
+    assert entry["protocol"] == "finetune" and entry["seeds"] == [42] and entry["runs"][0]["epochs"] == 2.0
+    assert 0.0 <= entry["metrics"]["macro_auroc"] <= 1.0 and "metrics_ci95" not in entry
+    assert (tmp_path / "work" / "finetune-f1-s42").is_dir()

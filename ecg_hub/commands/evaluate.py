@@ -31,15 +31,16 @@ def _seeds(text: str) -> list[int]:
 
 
 def _key_values(items: list[str]) -> dict:
-    """``key=value`` strings -> dict; values parsed as YAML scalars (numbers, booleans, null)."""
-    import yaml
+    """``key=value`` strings -> dict; values parsed as YAML 1.2 scalars, as recipe overrides are
+    (``1e-3`` is a float, ``true`` a bool, ``null`` None)."""
+    from ecg_hub.recipe import parse_override_value
 
     out = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--finetune-arg: expected key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_override_value(value.strip())
     return out
 
 

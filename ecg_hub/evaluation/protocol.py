@@ -98,6 +98,15 @@ class EvaluationSettings:
             raise ValueError(f"fractions must lie in (0, 1], got {bad}")
         if not self.seeds:
             raise ValueError("seeds: need at least one seed")
+        if self.finetune:
+            from ecg_hub.training.finetune import FIXED_TRAINING_ARGUMENTS, _training_argument_names
+
+            known = _training_argument_names()
+            for key in self.finetune:
+                if key in FIXED_TRAINING_ARGUMENTS or key not in known:
+                    raise ValueError(
+                        f"fine-tune argument {key!r}: not a TrainingArguments field the protocol lets you set"
+                    )
         if "zero-shot" in self.protocols and not self.prompts:
             raise ValueError("the zero-shot protocol needs class prompts (--prompts FILE.json)")
 
