@@ -229,7 +229,11 @@ def validate_signal(
         at_high = (signal >= high[:, None] - tolerance).sum(axis=1) / num_samples
         at_low = (signal <= low[:, None] + tolerance).sum(axis=1) / num_samples
         fraction = np.maximum(at_high, at_low)
-        clipped = [f"{lead} ({frac:.0%} of samples)" for lead, frac in zip(leads, fraction) if frac >= checks.clipped_fraction]
+        spans = high - low
+        clipped = [
+            f"{lead} ({frac:.0%} of samples)" for lead, frac, span in zip(leads, fraction, spans)
+            if frac >= checks.clipped_fraction and span >= checks.flat_peak_to_peak_mv  # flat is not clipped
+        ]
         if clipped:
             raise _fail(
                 record_id, "signal",
