@@ -141,7 +141,9 @@ class EcgJepaConfig(PreTrainedConfig):
         for name in ("block_mask_scale", "random_mask_scale"):
             low_high = getattr(self, name)
             if len(low_high) != 2 or not 0.0 <= low_high[0] <= low_high[1] < 1.0:
-                raise ValueError(f"EcgJepaConfig: {name} must be [low, high] with 0 <= low <= high < 1, got {low_high}")
+                raise ValueError(
+                    f"EcgJepaConfig: {name} must be [low, high] with 0 <= low <= high < 1, got {low_high}"
+                )
         if not 0.0 <= self.ema_momentum_start <= self.ema_momentum_end <= 1.0:
             raise ValueError(
                 "EcgJepaConfig: need 0 <= ema_momentum_start <= ema_momentum_end <= 1, got "

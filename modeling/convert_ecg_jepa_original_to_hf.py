@@ -84,7 +84,9 @@ def _check_position_table(stored: torch.Tensor, config: EcgJepaConfig, num_rows:
         )
 
 
-def convert_encoder_state_dict(official: Mapping[str, torch.Tensor], config: EcgJepaConfig) -> dict[str, torch.Tensor]:
+def convert_encoder_state_dict(
+    official: Mapping[str, torch.Tensor], config: EcgJepaConfig
+) -> dict[str, torch.Tensor]:
     """Official ``MaskTransformer`` state dict -> ``EcgJepaModel`` state dict (see the module docstring)."""
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in official.items():
@@ -163,7 +165,9 @@ def config_from_encoder_state_dict(
         if required not in official:
             raise ValueError(f"not an ECG-JEPA encoder state dict: key {required!r} is missing")
     hidden_size, patch_size = official["W_P.weight"].shape
-    depth = 1 + max(int(m.group(1)) for k in official if (m := re.match(r"encoder_blocks\.blocks\.(\d+)\.", k)))
+    depth = 1 + max(
+        int(m.group(1)) for k in official if (m := re.match(r"encoder_blocks\.blocks\.(\d+)\.", k))
+    )
     intermediate_size = official["encoder_blocks.blocks.0.mlp.fc1.weight"].shape[0]
     qkv_bias = "encoder_blocks.blocks.0.attn.qkv.bias" in official
     num_samples = overrides.pop("num_samples", 2500)
@@ -233,7 +237,9 @@ def convert_checkpoint(
     failed conversion leaves nothing behind. Returns ``output_dir``.
     """
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ValueError(f"output directory {output_dir!r} exists and is not empty (use --overwrite to replace it)")
+        raise ValueError(
+            f"output directory {output_dir!r} exists and is not empty (use --overwrite to replace it)"
+        )
     checkpoint = load_official_checkpoint(source)
     encoder_state = checkpoint["encoder"]
     config = config_from_encoder_state_dict(encoder_state, num_attention_heads, lead_names)
@@ -244,7 +250,10 @@ def convert_checkpoint(
     if missing or unexpected:
         raise ValueError(f"conversion mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
     feature_extractor = EcgFeatureExtractor.from_preset(
-        "ecg_jepa", leads=config.lead_names, sampling_rate=config.sampling_rate, num_samples=config.num_samples
+        "ecg_jepa",
+        leads=config.lead_names,
+        sampling_rate=config.sampling_rate,
+        num_samples=config.num_samples,
     )
 
     parent = os.path.dirname(os.path.abspath(output_dir))
@@ -265,7 +274,9 @@ def convert_checkpoint(
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments shared by this script and ``ecg-hub convert ecg-jepa``."""
     parser.add_argument("source", help="official checkpoint, e.g. multiblock_epoch100.pth")
-    parser.add_argument("output_dir", help="folder to write (config.json, model.safetensors, preprocessor_config.json)")
+    parser.add_argument(
+        "output_dir", help="folder to write (config.json, model.safetensors, preprocessor_config.json)"
+    )
     parser.add_argument(
         "--num-attention-heads",
         type=int,
@@ -273,7 +284,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"attention heads of the encoder (not stored in the checkpoint; default {RELEASED_NUM_ATTENTION_HEADS})",
     )
     parser.add_argument(
-        "--lead-names", nargs="+", default=None, help="lead order of the checkpoint (default I II V1 V2 V3 V4 V5 V6)"
+        "--lead-names",
+        nargs="+",
+        default=None,
+        help="lead order of the checkpoint (default I II V1 V2 V3 V4 V5 V6)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     return parser

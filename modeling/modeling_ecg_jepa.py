@@ -71,7 +71,10 @@ def sincos_position_table(width: int, num_leads: int, num_patches: int) -> torch
 
 
 def cross_pattern_mask_function(
-    lead_ids: torch.Tensor, time_ids: torch.Tensor, token_valid: torch.Tensor | None, cross_pattern: bool = True
+    lead_ids: torch.Tensor,
+    time_ids: torch.Tensor,
+    token_valid: torch.Tensor | None,
+    cross_pattern: bool = True,
 ) -> Callable:
     """A ``mask_function(batch_idx, head_idx, q_idx, kv_idx) -> bool`` for ``create_bidirectional_mask``.
 
@@ -143,7 +146,9 @@ class EcgJepaPatchEmbeddings(nn.Module):
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         batch_size, num_leads, num_samples = input_values.shape
-        patches = input_values.reshape(batch_size, num_leads * (num_samples // self.patch_size), self.patch_size)
+        patches = input_values.reshape(
+            batch_size, num_leads * (num_samples // self.patch_size), self.patch_size
+        )
         return self.projection(patches)
 
 
@@ -319,7 +324,12 @@ class EcgJepaPredictor(nn.Module):
         rates = _drop_path_rates(config.predictor_drop_path_rate, config.predictor_num_hidden_layers)
         self.layers = nn.ModuleList(
             EcgJepaLayer(
-                config, width, config.predictor_num_attention_heads, config.predictor_intermediate_size, rate, i
+                config,
+                width,
+                config.predictor_num_attention_heads,
+                config.predictor_intermediate_size,
+                rate,
+                i,
             )
             for i, rate in enumerate(rates)
         )
@@ -359,7 +369,9 @@ class EcgJepaPredictor(nn.Module):
         padding_mask = None
         if visible_valid is not None:
             mask_tokens_valid = visible_valid.new_ones(batch_size, num_leads, num_masked)
-            padding_mask = torch.cat([visible_valid, mask_tokens_valid], dim=2).reshape(batch_size * num_leads, -1)
+            padding_mask = torch.cat([visible_valid, mask_tokens_valid], dim=2).reshape(
+                batch_size * num_leads, -1
+            )
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=hidden_states, attention_mask=padding_mask
         )
@@ -425,7 +437,9 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
         self.patch_embeddings = EcgJepaPatchEmbeddings(config)
         rates = _drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList(
-            EcgJepaLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size, rate, i)
+            EcgJepaLayer(
+                config, config.hidden_size, config.num_attention_heads, config.intermediate_size, rate, i
+            )
             for i, rate in enumerate(rates)
         )
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -470,10 +484,16 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
                     f"{masked_time_patches.dtype} {tuple(masked_time_patches.shape)}"
                 )
             if bool(masked_time_patches.all()):
-                raise ValueError("EcgJepaModel: masked_time_patches hides every time patch; keep at least one")
+                raise ValueError(
+                    "EcgJepaModel: masked_time_patches hides every time patch; keep at least one"
+                )
 
     def token_validity(
-        self, batch_size: int, num_patches: int, attention_mask: torch.Tensor | None, lead_mask: torch.Tensor | None
+        self,
+        batch_size: int,
+        num_patches: int,
+        attention_mask: torch.Tensor | None,
+        lead_mask: torch.Tensor | None,
     ) -> torch.Tensor | None:
         """``(batch, leads * patches)`` bool, True for tokens of present leads and real time (a patch
         counts as real if any of its samples is), or None when everything is valid."""
@@ -542,13 +562,17 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
         attention_bias = None
         if cross_pattern or token_valid is not None:
             attention_bias = build_attention_mask(
-                self.config, embeddings, cross_pattern_mask_function(lead_ids, time_ids, token_valid, cross_pattern)
+                self.config,
+                embeddings,
+                cross_pattern_mask_function(lead_ids, time_ids, token_valid, cross_pattern),
             )
 
         every_layer = self.config.add_position_every_layer
         hidden_states = embeddings if every_layer else embeddings + position_embeddings
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_bias, position_embeddings if every_layer else None, **kwargs)
+            hidden_states = layer(
+                hidden_states, attention_bias, position_embeddings if every_layer else None, **kwargs
+            )
         last_hidden_state = self.layernorm(hidden_states)
 
         if token_valid is None:
@@ -625,7 +649,9 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
         """EMA step ``target = momentum * target + (1 - momentum) * context`` over all parameters;
         ``momentum=0`` copies the context encoder exactly."""
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"EcgJepaForPreTraining.update_target_encoder: momentum must be in [0, 1], got {momentum}")
+            raise ValueError(
+                f"EcgJepaForPreTraining.update_target_encoder: momentum must be in [0, 1], got {momentum}"
+            )
         for context_param, target_param in zip(self.ecg_jepa.parameters(), self.target_encoder.parameters()):
             if momentum == 0.0:
                 target_param.copy_(context_param)
@@ -659,7 +685,9 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
         Uses the global torch RNG unless a ``generator`` is given.
         """
         if num_patches < 2:
-            raise ValueError(f"EcgJepaForPreTraining: need at least 2 time patches to mask, got {num_patches}")
+            raise ValueError(
+                f"EcgJepaForPreTraining: need at least 2 time patches to mask, got {num_patches}"
+            )
 
         def uniform(low_high) -> float:
             low, high = low_high
@@ -705,15 +733,23 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
         device = input_values.device
         if masked_time_patches is None:
             masked_time_patches = self.sample_masked_time_patches(num_patches, device=device)
-        if masked_time_patches.dtype == torch.bool and masked_time_patches.ndim == 1 and not masked_time_patches.any():
-            raise ValueError("EcgJepaForPreTraining: masked_time_patches hides no time patch; hide at least one")
+        if (
+            masked_time_patches.dtype == torch.bool
+            and masked_time_patches.ndim == 1
+            and not masked_time_patches.any()
+        ):
+            raise ValueError(
+                "EcgJepaForPreTraining: masked_time_patches hides no time patch; hide at least one"
+            )
 
         with torch.no_grad():
             target = self.target_encoder(
                 input_values, attention_mask=attention_mask, lead_mask=lead_mask, masked_time_patches=None
             ).last_hidden_state
             target = F.layer_norm(target, (target.shape[-1],))
-            target = target.reshape(batch_size, num_leads, num_patches, -1)[:, :, masked_time_patches.to(device)]
+            target = target.reshape(batch_size, num_leads, num_patches, -1)[
+                :, :, masked_time_patches.to(device)
+            ]
 
         context = self.ecg_jepa(
             input_values,
@@ -728,7 +764,9 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
         num_visible = visible_time_ids.numel()
 
         token_valid = self.ecg_jepa.token_validity(batch_size, num_patches, attention_mask, lead_mask)
-        grid_valid = token_valid.reshape(batch_size, num_leads, num_patches) if token_valid is not None else None
+        grid_valid = (
+            token_valid.reshape(batch_size, num_leads, num_patches) if token_valid is not None else None
+        )
         predictions = self.predictor(
             context.last_hidden_state.reshape(batch_size, num_leads, num_visible, -1),
             visible_time_ids,
@@ -737,7 +775,9 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
             visible_valid=grid_valid[:, :, visible_time_ids] if grid_valid is not None else None,
         )
 
-        per_token = F.smooth_l1_loss(predictions, target, beta=self.config.smooth_l1_beta, reduction="none").mean(-1)
+        per_token = F.smooth_l1_loss(
+            predictions, target, beta=self.config.smooth_l1_beta, reduction="none"
+        ).mean(-1)
         if grid_valid is None:
             loss = per_token.mean()
         else:
@@ -766,7 +806,9 @@ class EcgJepaForSequenceClassification(EcgJepaPreTrainedModel):
         self.num_labels = config.num_labels
         self.ecg_jepa = EcgJepaModel(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.base_model_frozen = False
         self.post_init()
 

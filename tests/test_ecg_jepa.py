@@ -9,19 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-from transformers import (
-    AutoConfig,
-    AutoFeatureExtractor,
-    AutoModel,
-    AutoModelForPreTraining,
-    AutoModelForSequenceClassification,
-)
-from transformers.masking_utils import create_bidirectional_mask
-
-import ecg_hub  # noqa: F401  (registers the Auto classes)
-from ecg_hub.cli import main as cli_main
 from ecg_hub.modeling.configuration_ecg_jepa import EcgJepaConfig
 from ecg_hub.modeling.convert_ecg_jepa_original_to_hf import (
     config_from_encoder_state_dict,
@@ -38,6 +25,19 @@ from ecg_hub.modeling.modeling_ecg_jepa import (
     cross_pattern_mask_function,
     sincos_position_table,
 )
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+)
+from transformers.masking_utils import create_bidirectional_mask
+
+import ecg_hub  # noqa: F401  (registers the Auto classes)
+from ecg_hub.cli import main as cli_main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ecg_jepa" / "official_tiny.safetensors"
 RELEASED_LEADS = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -45,17 +45,17 @@ RELEASED_LEADS = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 def tiny_config(**overrides) -> EcgJepaConfig:
     """Width 32, depth 2, 8 leads x 10 patches of 50 samples (2 s at 250 Hz)."""
-    values = dict(
-        num_samples=500,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        predictor_hidden_size=16,
-        predictor_num_hidden_layers=2,
-        predictor_num_attention_heads=2,
-        predictor_intermediate_size=32,
-    )
+    values = {
+        "num_samples": 500,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "predictor_hidden_size": 16,
+        "predictor_num_hidden_layers": 2,
+        "predictor_num_attention_heads": 2,
+        "predictor_intermediate_size": 32,
+    }
     values.update(overrides)
     return EcgJepaConfig(**values)
 
@@ -75,7 +75,9 @@ def ecg_like(batch: int, num_samples: int, seed: int, sampling_rate: int = 250) 
         gains = rng.uniform(0.5, 1.5, size=8)
         for lead in range(8):
             polarity = -0.6 if lead % 3 == 0 else 1.0
-            out[i, lead] = gains[lead] * (p_wave + polarity * qrs + t_wave) + 0.02 * rng.standard_normal(num_samples)
+            out[i, lead] = gains[lead] * (p_wave + polarity * qrs + t_wave) + 0.02 * rng.standard_normal(
+                num_samples
+            )
     return torch.from_numpy(out)
 
 
@@ -111,7 +113,12 @@ def converted_encoder(official, attn_implementation: str = "sdpa") -> EcgJepaMod
 def test_defaults_are_the_released_model():
     config = EcgJepaConfig()
     assert config.lead_names == RELEASED_LEADS
-    assert (config.sampling_rate, config.num_samples, config.patch_size, config.num_patches) == (250, 2500, 50, 50)
+    assert (config.sampling_rate, config.num_samples, config.patch_size, config.num_patches) == (
+        250,
+        2500,
+        50,
+        50,
+    )
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 16)
     assert config.intermediate_size == 4 * config.hidden_size and config.qkv_bias is False
     assert config.drop_path_rate == 0.1
@@ -185,7 +192,9 @@ def test_parity_with_official_code_lead_subset(official, attn_implementation):
     lead_mask = present.float().expand(2, 8)
     # Garbage in the absent leads must not matter (the feature extractor zero-fills them).
     signal = tensors["input_values"].clone()
-    signal[:, ~present] = 5.0 * torch.randn(2, int((~present).sum()), 2500, generator=torch.Generator().manual_seed(1))
+    signal[:, ~present] = 5.0 * torch.randn(
+        2, int((~present).sum()), 2500, generator=torch.Generator().manual_seed(1)
+    )
     model = converted_encoder(official, attn_implementation)
     with torch.no_grad():
         out = model(signal, lead_mask=lead_mask)
@@ -433,7 +442,9 @@ def test_converter_refuses_anything_but_the_official_layout(tmp_path, capsys):
 
     learnable = tmp_path / "learnable_positions.pth"
     state = dict(load_file(FIXTURE))
-    encoder = {k[len("official.encoder.") :]: v for k, v in state.items() if k.startswith("official.encoder.")}
+    encoder = {
+        k[len("official.encoder.") :]: v for k, v in state.items() if k.startswith("official.encoder.")
+    }
     encoder["pos_embed"] = torch.randn_like(encoder["pos_embed"])
     torch.save({"encoder": encoder, "epoch": 3}, learnable)
     output = tmp_path / "out"
@@ -450,7 +461,9 @@ def test_converter_refuses_anything_but_the_official_layout(tmp_path, capsys):
 def test_mask_sampling_follows_the_official_recipe():
     model = EcgJepaForPreTraining(tiny_config(num_samples=2500))
     generator = torch.Generator().manual_seed(0)
-    block_fractions = [model.sample_masked_time_patches(50, generator).float().mean().item() for _ in range(200)]
+    block_fractions = [
+        model.sample_masked_time_patches(50, generator).float().mean().item() for _ in range(200)
+    ]
     # 4 blocks of 8-11 patches: at least 11 patches (one block of >= 8, union), at most 44 of 50.
     assert 8 / 50 <= min(block_fractions) and max(block_fractions) <= 44 / 50
     assert 0.4 < np.mean(block_fractions) < 0.65
@@ -482,7 +495,9 @@ def test_target_encoder_gets_no_gradient_and_moves_only_by_ema():
     logged = model.post_optimizer_step(0, 100)
     assert logged == {"ema_momentum": pytest.approx(0.996)}
     moved = 0
-    for before, target, context in zip(target_before, model.target_encoder.parameters(), model.ecg_jepa.parameters()):
+    for before, target, context in zip(
+        target_before, model.target_encoder.parameters(), model.ecg_jepa.parameters()
+    ):
         torch.testing.assert_close(target, 0.996 * before + 0.004 * context)
         moved += int(not torch.equal(before, target))
     assert moved > 0
@@ -515,9 +530,13 @@ def test_pretraining_loss_falls_on_synthetic_ecg():
     torch.set_num_threads(1)  # tiny matrices: one thread is fastest, and the CI machine has two cores
     try:
         torch.manual_seed(0)
-        model = EcgJepaForPreTraining(tiny_config(hidden_size=64, num_attention_heads=4, intermediate_size=128))
+        model = EcgJepaForPreTraining(
+            tiny_config(hidden_size=64, num_attention_heads=4, intermediate_size=128)
+        )
         model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05
+        )
         data = ecg_like(64, 500, seed=8)
         order = np.random.default_rng(0)
         total_steps = 200
@@ -552,7 +571,9 @@ def test_pretraining_loss_falls_on_synthetic_ecg():
 )
 def test_classification_losses(problem_type, num_labels, labels):
     torch.manual_seed(0)
-    model = EcgJepaForSequenceClassification(tiny_config(num_labels=num_labels, problem_type=problem_type)).eval()
+    model = EcgJepaForSequenceClassification(
+        tiny_config(num_labels=num_labels, problem_type=problem_type)
+    ).eval()
     signal = ecg_like(2, 500, seed=9)
     out = model(signal, labels=labels)
     assert out.logits.shape == (2, num_labels)
