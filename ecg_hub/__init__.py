@@ -10,4 +10,10 @@ __version__ = "0.1.0"
 
 register_all()
 
-__all__ = ["STANDARD_LEADS", "EcgFeatureExtractor", "__version__"]
+from .pipelines import register_pipelines  # noqa: E402
+
+register_pipelines()
+
+from .hub import list_checkpoints  # noqa: E402  (standard library only at import time)
+
+__all__ = ["STANDARD_LEADS", "EcgFeatureExtractor", "__version__", "list_checkpoints"]

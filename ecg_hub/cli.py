@@ -11,6 +11,12 @@ import sys
 COMMAND_MODULES = [
     "quickstart",
     "data",
+    "publish",
+    "download",
+    "convert",
+    "pretrain",
+    "finetune",
+    "evaluate",
 ]
 
 

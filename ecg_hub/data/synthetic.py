@@ -446,6 +446,7 @@ def make_synthetic_dataset(
         description=f"ecg-hub synthetic 12-lead ECGs (seed {seed}, {sampling_rate} Hz, {duration_s:g} s): "
         f"rhythms {', '.join(rhythms)} with short English reports.",
         license="Apache-2.0",
+        features=features,
     )
     return datasets.Dataset.from_dict(columns, features=features, info=info)
 

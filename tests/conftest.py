@@ -1,0 +1,46 @@
+"""Test-session setup shared by every test module.
+
+Hub settings come first: huggingface_hub reads HF_ENDPOINT / HF_HOME when it is imported, so they
+must be set before anything imports it (transformers, datasets, ecg_hub). Nothing in the test suite
+reaches the real Hub: the Hub tests start a loopback server and point HF_ENDPOINT at it.
+"""
+
+import os
+import socket
+import tempfile
+
+# The Hub tests (tests/test_hub.py) start a loopback Hub-API server (tests/hub_server.py) on this
+# port. HF_ENDPOINT is forced, not defaulted, so no test can ever reach the real Hub.
+with socket.socket() as _sock:
+    _sock.bind(("127.0.0.1", 0))
+    _HUB_PORT = _sock.getsockname()[1]
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_HUB_PORT}"
+_HF_HOME = tempfile.mkdtemp(prefix="ecg-hub-test-hf-home-")
+os.environ.setdefault("HF_HOME", _HF_HOME)
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def _require_shared_data() -> bool:
+    return os.environ.get("ECG_HUB_REQUIRE_SHARED_DATA", "") not in ("", "0", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the project. Tests skip without it, unless ECG_HUB_REQUIRE_SHARED_DATA=1
+    (CI), where its absence is a failure."""
+    if not SHARED_DATA.is_dir():
+        message = f"real ECG data not found at {SHARED_DATA}"
+        if _require_shared_data():
+            pytest.fail(message + " (ECG_HUB_REQUIRE_SHARED_DATA=1)")
+        pytest.skip(message)
+    return SHARED_DATA
