@@ -605,3 +605,29 @@ def test_freeze_base_model_for_linear_probing():
     assert model.classifier.weight.grad.abs().sum() > 0
     with torch.no_grad():
         torch.testing.assert_close(model(signal).logits, model(signal).logits)  # no stochastic depth
+
+
+def test_feature_extractor_output_drives_the_model():
+    """EcgFeatureExtractor's batch (input_values, attention_mask, lead_mask) goes straight into the model:
+    a record with 3 of the 8 leads and a record padded from 8 s to 10 s."""
+    from ecg_hub.modeling import EcgFeatureExtractor
+
+    torch.manual_seed(0)
+    model = EcgJepaModel(tiny_config(num_samples=2500)).eval()
+    extractor = EcgFeatureExtractor.from_preset("ecg_jepa")
+    full = ecg_like(1, 2500, seed=11)[0].numpy()
+    rows = [
+        {"signal": full, "sampling_rate": 250, "leads": RELEASED_LEADS},
+        {"signal": full[[0, 1, 3]], "sampling_rate": 250, "leads": ["I", "II", "V2"]},
+        {"signal": full[:, :2000], "sampling_rate": 250, "leads": RELEASED_LEADS},
+    ]
+    batch = extractor(rows, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch)
+        subset = model(torch.from_numpy(full)[None], lead_mask=torch.tensor([[1, 1, 0, 1, 0, 0, 0, 0]]))
+        shorter = model(torch.from_numpy(full[:, :2000])[None])
+    assert batch["lead_mask"][1].tolist() == [1, 1, 0, 1, 0, 0, 0, 0]
+    torch.testing.assert_close(out.pooler_output[1], subset.pooler_output[0], atol=1e-5, rtol=0)
+    # Padding is invisible: the padded 10-s record gives the features of the unpadded 8-s input.
+    torch.testing.assert_close(out.pooler_output[2], shorter.pooler_output[0], atol=1e-5, rtol=0)
+    assert (out.pooler_output[0] - out.pooler_output[1]).abs().max() > 1e-3
