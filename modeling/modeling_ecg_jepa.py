@@ -726,18 +726,13 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
             [`EcgJepaPreTrainingOutput`]. Masked tokens of missing leads or padded time do not count
             in the loss.
         """
-        if input_values is None:
-            raise ValueError("EcgJepaForPreTraining: input_values (batch, leads, samples) is required")
+        self.ecg_jepa._check_inputs(input_values, attention_mask, lead_mask, masked_time_patches)
         batch_size, num_leads, num_samples = input_values.shape
         num_patches = num_samples // self.config.patch_size
         device = input_values.device
         if masked_time_patches is None:
             masked_time_patches = self.sample_masked_time_patches(num_patches, device=device)
-        if (
-            masked_time_patches.dtype == torch.bool
-            and masked_time_patches.ndim == 1
-            and not masked_time_patches.any()
-        ):
+        elif not masked_time_patches.any():
             raise ValueError(
                 "EcgJepaForPreTraining: masked_time_patches hides no time patch; hide at least one"
             )

@@ -319,6 +319,13 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(2, 8, 500), attention_mask=torch.ones(2, 400))
     with pytest.raises(ValueError, match="every time patch"):
         model(torch.zeros(1, 8, 500), masked_time_patches=torch.ones(10, dtype=torch.bool))
+    pretraining = EcgJepaForPreTraining(tiny_config())
+    with pytest.raises(ValueError, match="leads = 8"):
+        pretraining(torch.zeros(2, 500))
+    with pytest.raises(ValueError, match=r"bool tensor of shape \(10,\)"):
+        pretraining(torch.zeros(1, 8, 500), masked_time_patches=torch.ones(50, dtype=torch.bool))
+    with pytest.raises(ValueError, match="hides no time patch"):
+        pretraining(torch.zeros(1, 8, 500), masked_time_patches=torch.zeros(10, dtype=torch.bool))
 
 
 # ----------------------------------------------------------------------------------------------
