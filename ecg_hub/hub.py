@@ -37,7 +37,17 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 #: File patterns that hold pickled (or non-PyTorch) weights. They are never uploaded or downloaded.
-UNSAFE_WEIGHT_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.h5", "*.msgpack", "*.npz"]
+UNSAFE_WEIGHT_PATTERNS = [
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.pkl",
+    "*.pickle",
+    "*.h5",
+    "*.msgpack",
+    "*.npz",
+]
 
 #: Model families with a model-card template in ``model_cards/<family>.md``.
 FAMILIES = ("ecg_jepa", "ecg2tok", "etp", "melp")
@@ -80,7 +90,12 @@ _PRETTY_DATASETS = {
     "mimic_iv_ecg": "MIMIC-IV-ECG",
     "synthetic": "ecg-hub synthetic ECGs",
 }
-_PRETTY_METRICS = {"macro_auroc": "Macro AUROC", "micro_auroc": "Micro AUROC", "macro_auprc": "Macro AUPRC", "fmax": "Fmax"}
+_PRETTY_METRICS = {
+    "macro_auroc": "Macro AUROC",
+    "micro_auroc": "Micro AUROC",
+    "macro_auprc": "Macro AUPRC",
+    "fmax": "Fmax",
+}
 _TASK_TYPE_BY_PROTOCOL = {"zero-shot": "zero-shot-ecg-classification"}
 
 
@@ -281,7 +296,9 @@ def _results_markdown(results: Mapping[str, Any] | None) -> str:
         + ". Values are the mean over seeds, ± the standard deviation where several seeds ran, "
         "[95 % bootstrap interval] where one seed ran.",
         "",
-        "| Protocol | Labels used | Split | Seeds | " + " | ".join(_PRETTY_METRICS.get(m, m) for m in metric_names) + " |",
+        "| Protocol | Labels used | Split | Seeds | "
+        + " | ".join(_PRETTY_METRICS.get(m, m) for m in metric_names)
+        + " |",
         "|---|---|---|---|" + "---|" * len(metric_names),
     ]
     for entry in results["results"]:
@@ -300,7 +317,9 @@ def _results_markdown(results: Mapping[str, Any] | None) -> str:
             cells.append(cell)
         seeds = ", ".join(str(s) for s in entry.get("seeds") or []) or "–"
         used = _labels_used(entry).replace(" of training labels", "")
-        lines.append(f"| {entry['protocol']} | {used} | {entry['split']} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {entry['protocol']} | {used} | {entry['split']} | {seeds} | " + " | ".join(cells) + " |"
+        )
     for entry in results["results"]:
         per_class = entry.get("per_class_auroc")
         if per_class:
@@ -326,7 +345,11 @@ def _input_markdown(feature_extractor: Any) -> str:
     leads = list(getattr(fe, "leads", []))
     num_samples = getattr(fe, "num_samples", None)
     rate = getattr(fe, "sampling_rate", None)
-    length = f"{num_samples} samples ({num_samples / rate:g} s)" if num_samples and rate else "variable (padded per batch)"
+    length = (
+        f"{num_samples} samples ({num_samples / rate:g} s)"
+        if num_samples and rate
+        else "variable (padded per batch)"
+    )
     bandpass = getattr(fe, "bandpass", None)
     filt = (
         f"Butterworth band-pass {bandpass[0]:g}–{bandpass[1]:g} Hz, order {getattr(fe, 'filter_order', '?')}, zero-phase"
@@ -340,15 +363,29 @@ def _input_markdown(feature_extractor: Any) -> str:
     }.get(getattr(fe, "normalization", None), str(getattr(fe, "normalization", "?")))
     rows = [
         ("Leads", f"{len(leads)}, in this order: {', '.join(leads)}"),
-        ("Sampling rate", f"{rate} Hz (other rates are resampled, method `{getattr(fe, 'resample_method', '?')}`)"),
-        ("Length", f"{length}; longer records are cropped (`{getattr(fe, 'crop', '?')}`), shorter ones zero-padded and masked"),
+        (
+            "Sampling rate",
+            f"{rate} Hz (other rates are resampled, method `{getattr(fe, 'resample_method', '?')}`)",
+        ),
+        (
+            "Length",
+            f"{length}; longer records are cropped (`{getattr(fe, 'crop', '?')}`), shorter ones zero-padded and masked",
+        ),
         ("Units", "millivolts (mV); pass `units=` for µV or V sources"),
         ("Filter", filt),
         ("Scaling", scaling),
         (
             "Missing leads",
-            ("III, aVR, aVL, aVF derived from I and II when absent; " if getattr(fe, "derive_limb_leads", False) else "")
-            + ("others zero-filled and flagged in `lead_mask`" if getattr(fe, "missing_leads", "zero") == "zero" else "an error"),
+            (
+                "III, aVR, aVL, aVF derived from I and II when absent; "
+                if getattr(fe, "derive_limb_leads", False)
+                else ""
+            )
+            + (
+                "others zero-filled and flagged in `lead_mask`"
+                if getattr(fe, "missing_leads", "zero") == "zero"
+                else "an error"
+            ),
         ),
         ("Model inputs", ", ".join(f"`{n}`" for n in getattr(fe, "model_input_names", []))),
     ]
@@ -373,7 +410,9 @@ def _architecture_markdown(model: Any) -> str:
         if value is not None:
             fields.append((label, str(value)))
     if "ForSequenceClassification" in type(model).__name__:
-        fields.append(("Output classes", f"{config.num_labels}: " + ", ".join(str(v) for v in config.id2label.values())))
+        fields.append(
+            ("Output classes", f"{config.num_labels}: " + ", ".join(str(v) for v in config.id2label.values()))
+        )
         fields.append(("Problem type", str(getattr(config, "problem_type", None))))
     return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in fields])
 
@@ -384,7 +423,11 @@ def _training_markdown(recipe_text: str | None) -> str:
             "The training recipe was not recorded with this checkpoint (no `recipe.yaml` next to the weights). "
             "The method's reference training setup is described above."
         )
-    return "The recipe this checkpoint was trained with (`recipe.yaml`, torchtune style):\n\n```yaml\n" + recipe_text.rstrip() + "\n```"
+    return (
+        "The recipe this checkpoint was trained with (`recipe.yaml`, torchtune style):\n\n```yaml\n"
+        + recipe_text.rstrip()
+        + "\n```"
+    )
 
 
 def _card_template(family: str) -> str:
@@ -460,7 +503,9 @@ def render_model_card(
 def _auto_classes_registered(pairs: list[tuple[type, str]]) -> Iterator[None]:
     """Temporarily ``register_for_auto_class`` each (class, auto class name); restore afterwards so
     later ``save_pretrained`` calls in this process do not start copying code around."""
-    previous = [(cls, cls.__dict__.get("_auto_class", None), "_auto_class" in cls.__dict__) for cls, _ in pairs]
+    previous = [
+        (cls, cls.__dict__.get("_auto_class", None), "_auto_class" in cls.__dict__) for cls, _ in pairs
+    ]
     try:
         for cls, auto_class in pairs:
             cls.register_for_auto_class(auto_class)
@@ -514,8 +559,9 @@ def _registered_model_classes(config: Any) -> dict[str, type]:
 
 def _load_checkpoint(model_dir: Path):
     """Load (model, preprocessor) from a saved ecg-hub checkpoint folder with the registered classes."""
-    import ecg_hub  # noqa: F401  (registers the ecg-hub classes with the Auto classes)
     from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor
+
+    import ecg_hub  # noqa: F401  (registers the ecg-hub classes with the Auto classes)
 
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"checkpoint {model_dir}: no config.json (expected a save_pretrained folder)")
@@ -524,7 +570,11 @@ def _load_checkpoint(model_dir: Path):
         pickles = sorted({p.name for pattern in UNSAFE_WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
         raise ValueError(
             f"checkpoint {model_dir}: no *.safetensors weights"
-            + (f" (found {pickles}: pickled weights are never published; re-save with save_pretrained)" if pickles else "")
+            + (
+                f" (found {pickles}: pickled weights are never published; re-save with save_pretrained)"
+                if pickles
+                else ""
+            )
         )
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
@@ -541,8 +591,16 @@ def _load_checkpoint(model_dir: Path):
             f"registered for {config.model_type!r}: {sorted(registered)}"
         )
     model_cls = registered[architectures[0]]
-    model, info = model_cls.from_pretrained(model_dir, use_safetensors=True, output_loading_info=True)
-    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    # The base loader, not a family's from_pretrained override: overrides adjust training state
+    # (e.g. ETP re-freezes layers) and may not pass the loading report through; weights are the same.
+    from transformers import PreTrainedModel
+
+    model, info = PreTrainedModel.from_pretrained.__func__(
+        model_cls, model_dir, use_safetensors=True, output_loading_info=True
+    )
+    problems = {
+        k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+    }
     if problems:
         raise ValueError(f"checkpoint {model_dir}: weights do not match {model_cls.__name__}: {problems}")
 
@@ -646,7 +704,9 @@ class PublishError(RuntimeError):
     """A publish failed; the message says which step failed and the state of the remote branch."""
 
 
-def _check_results_match(results: Mapping[str, Any], model_dir: Path, repo_id: str, results_path: Path) -> None:
+def _check_results_match(
+    results: Mapping[str, Any], model_dir: Path, repo_id: str, results_path: Path
+) -> None:
     evaluated = results["model"]
     if evaluated == repo_id:
         return
@@ -718,10 +778,18 @@ def publish(
                 api.create_branch(repo_id, branch=branch, exist_ok=True)
             step = f"reading the current files of {repo_id}@{branch}"
             head = api.repo_info(repo_id, revision=branch).sha
-            stale = [f for f in api.list_repo_files(repo_id, revision=head) if f not in files and f != ".gitattributes"]
-            operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(Path(staging) / f)) for f in files]
+            stale = [
+                f
+                for f in api.list_repo_files(repo_id, revision=head)
+                if f not in files and f != ".gitattributes"
+            ]
+            operations = [
+                CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(Path(staging) / f)) for f in files
+            ]
             operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
-            step = f"committing {len(files)} files" + (f" (and deleting {len(stale)} stale ones)" if stale else "")
+            step = f"committing {len(files)} files" + (
+                f" (and deleting {len(stale)} stale ones)" if stale else ""
+            )
             commit = api.create_commit(
                 repo_id,
                 operations=operations,
@@ -743,8 +811,10 @@ def _remote_state(api: Any, repo_id: str, branch: str, head_before: str | None) 
         return "No commit was attempted."
     try:
         head_now = api.repo_info(repo_id, revision=branch).sha
-    except Exception as err:  # the Hub may be unreachable: say so rather than guess
-        return f"The remote state could not be checked ({type(err).__name__}); a Hub commit is all-or-nothing."
+    except Exception as err:  # noqa: BLE001 - the Hub may be unreachable: say so rather than guess
+        return (
+            f"The remote state could not be checked ({type(err).__name__}); a Hub commit is all-or-nothing."
+        )
     if head_now == head_before:
         return f"The remote repo is unchanged: {branch} is still at {head_before}."
     return f"Warning: {branch} moved from {head_before} to {head_now} meanwhile; check the repo."

@@ -89,7 +89,9 @@ class Repo:
 class HubError(Exception):
     """An HTTP error answer: status, ``X-Error-Code`` header and message."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None, **body):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, **body
+    ):
         super().__init__(message)
         self.status, self.code, self.headers, self.body = status, code, headers or {}, body
 
@@ -122,16 +124,18 @@ class HubState:
 
 
 # /api/models/org/name/<action>/<rest>; the repo id is always two segments (namespace/name).
-_API_REPO = re.compile(r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/(?P<action>[a-z-]+)(?:/(?P<rest>.*))?)?$")
+_API_REPO = re.compile(
+    r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)(?:/(?P<action>[a-z-]+)(?:/(?P<rest>.*))?)?$"
+)
 _RESOLVE = re.compile(r"^/(?:(?P<type>datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
 class HubRequestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the clients pool connections
-    server: "_ThreadingServer"
+    server: _ThreadingServer
 
     # ----------------------------------------------------------------- plumbing
-    def log_message(self, format, *args):  # noqa: A002 - silence the per-request stderr log
+    def log_message(self, format, *args):
         pass
 
     @property
@@ -153,7 +157,9 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
                 chunks.append(chunk)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"):
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, content_type="application/json"
+    ):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -190,12 +196,16 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
             return self._create_repo(json.loads(body or b"{}"))
         if path == "/api/validate-yaml" and self.command == "POST":
             return self._json({"errors": [], "warnings": []})
-        if match := _RESOLVE.match(path):
-            if self.command in ("GET", "HEAD"):
-                repo_type = "dataset" if match["type"] else "model"
-                return self._resolve(repo_type, match["repo"], match["rev"], match["path"])
+        if (match := _RESOLVE.match(path)) and self.command in ("GET", "HEAD"):
+            repo_type = "dataset" if match["type"] else "model"
+            return self._resolve(repo_type, match["repo"], match["rev"], match["path"])
         if match := _API_REPO.match(path):
-            repo_type, repo_id, action, rest = match["type"][:-1], match["repo"], match["action"], match["rest"]
+            repo_type, repo_id, action, rest = (
+                match["type"][:-1],
+                match["repo"],
+                match["action"],
+                match["rest"],
+            )
             route = (self.command, action)
             if route in (("GET", None), ("GET", "revision")):
                 return self._repo_info(repo_type, repo_id, rest or "main")
@@ -203,7 +213,9 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
                 return self._refs(repo_type, repo_id)
             if route == ("GET", "tree"):
                 rev, _, subpath = (rest or "main").partition("/")
-                return self._tree(repo_type, repo_id, rev, subpath, params.get("recursive") in ("true", "True", "1"))
+                return self._tree(
+                    repo_type, repo_id, rev, subpath, params.get("recursive") in ("true", "True", "1")
+                )
             if route == ("POST", "preupload"):
                 return self._preupload(repo_type, repo_id, rest or "main", json.loads(body))
             if route == ("POST", "commit"):
@@ -218,17 +230,25 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
         repo_type = payload.get("type") or "model"
         if repo_type not in _REPO_TYPES:
             raise HubError(400, f"repo type {repo_type!r} is not supported by the test Hub server")
-        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        repo_id = (
+            f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        )
         if "/" not in repo_id:
             repo_id = f"user/{repo_id}"  # there is no login: the "current user" is called "user"
         prefix = "" if repo_type == "model" else "datasets/"
         url = f"{self.base_url}/{prefix}{repo_id}"
         if (repo_type, repo_id) in self.state.repos:
-            raise HubError(409, f"You already created this {repo_type} repo: {url}", url=url)  # clients read "url"
+            raise HubError(
+                409, f"You already created this {repo_type} repo: {url}", url=url
+            )  # clients read "url"
         private = payload.get("visibility") == "private" or bool(payload.get("private"))
         repo = Repo(repo_id=repo_id, repo_type=repo_type, private=private)
         # Like the real Hub, a new repo starts with one commit holding a .gitattributes file.
-        repo.add_commit("main", "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
+        repo.add_commit(
+            "main",
+            "initial commit",
+            {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
+        )
         self.state.repos[(repo_type, repo_id)] = repo
         self._json({"url": url, "name": repo_id, "id": repo_id})
 
@@ -254,7 +274,9 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
         def refs(names: dict[str, str], kind: str):
             return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": oid} for n, oid in names.items()]
 
-        self._json({"branches": refs(repo.branches, "heads"), "tags": refs(repo.tags, "tags"), "converts": []})
+        self._json(
+            {"branches": refs(repo.branches, "heads"), "tags": refs(repo.tags, "tags"), "converts": []}
+        )
 
     def _tree(self, repo_type: str, repo_id: str, revision: str, subpath: str, recursive: bool):
         _, commit = self.state.commit(repo_type, repo_id, revision)
@@ -269,7 +291,12 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
                 folder = prefix + "/".join(parts[:depth])
                 entries.setdefault(folder, {"type": "directory", "path": folder, "oid": "0" * 40, "size": 0})
             if recursive or len(parts) == 1:
-                entries[path] = {"type": "file", "path": path, "oid": git_blob_id(content), "size": len(content)}
+                entries[path] = {
+                    "type": "file",
+                    "path": path,
+                    "oid": git_blob_id(content),
+                    "size": len(content),
+                }
         if prefix and not entries:
             raise HubError(404, f"{subpath} does not exist at {revision}", "EntryNotFound")
         self._json(list(entries.values()))
@@ -310,7 +337,9 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
             item = json.loads(line)
             key, value = item["key"], item["value"]
             if key == "header":
-                message = value["summary"] + ("\n\n" + value["description"] if value.get("description") else "")
+                message = value["summary"] + (
+                    "\n\n" + value["description"] if value.get("description") else ""
+                )
                 parent = value.get("parentCommit")
                 if parent and not repo.branches[revision].startswith(parent):
                     raise HubError(412, f"parent commit {parent} is not the head of {revision}")
@@ -320,7 +349,9 @@ class HubRequestHandler(http.server.BaseHTTPRequestHandler):
                 files[value["path"]] = base64.b64decode(value["content"])
             elif key == "deletedFile":
                 if value["path"] not in files:
-                    raise HubError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
+                    raise HubError(
+                        404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound"
+                    )
                 del files[value["path"]]
             elif key == "deletedFolder":
                 folder = value["path"].rstrip("/") + "/"
@@ -396,7 +427,7 @@ class HubServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         self._thread.start()
         return self
 
@@ -405,7 +436,7 @@ class HubServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:  # noqa: PYI034 - start() returns self
         return self.start()
 
     def __exit__(self, *exc) -> None:

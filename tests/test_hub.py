@@ -8,8 +8,10 @@ needs a fresh process is batched into three child runs of ``_CHILD_SCRIPT``:
   and at a branch;
 - ``remote``: ``ecg_hub`` made unimportable, empty cache: refused without ``trust_remote_code``,
   then loaded with ``trust_remote_code=True`` from the repo's own code;
-- ``offline``: ``HF_HUB_OFFLINE=1`` on the ``registered`` run's cache, with no request reaching
-  the server.
+- ``offline``: ``HF_HUB_OFFLINE=1`` on a cache filled by ``ecg_hub.hub.download``, with no request
+  reaching its endpoint (a second, empty server).
+
+The three run at the same time.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import pytest
 pytestmark = pytest.mark.hub
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hub_server import HubServer  # noqa: E402
+from hub_server import HubServer
 
 REPO_ID = "ecg-hub-test/ecg-jepa-tiny"
+ETP_REPO_ID = "ecg-hub-test/etp-tiny"  # an ECG-text model: a processor instead of a feature extractor
+ETP_TEXTS = ["sinus rhythm, normal axis", "atrial fibrillation with rapid ventricular response"]
 SIGNAL_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 SIGNAL_RATE = 500  # Hz of the raw test signal; the extractor resamples it to the model's 250 Hz
 
@@ -46,14 +50,15 @@ def hub_server():
 
     endpoint = os.environ["HF_ENDPOINT"]
     if huggingface_hub.constants.ENDPOINT != endpoint:  # imported before conftest set it: unsafe
-        pytest.fail(f"huggingface_hub uses {huggingface_hub.constants.ENDPOINT}, not the test server {endpoint}")
+        pytest.fail(
+            f"huggingface_hub uses {huggingface_hub.constants.ENDPOINT}, not the test server {endpoint}"
+        )
     with HubServer(port=urlparse(endpoint).port) as server:
         yield server
 
 
 def _tiny_jepa(seed: int):
     import torch
-
     from ecg_hub.modeling import EcgJepaConfig, EcgJepaModel
 
     config = EcgJepaConfig(
@@ -78,7 +83,12 @@ def _results_document(model_dir: Path) -> dict:
         "ecg_hub_version": "0.1.0",
         "model": str(model_dir),
         "init": "pretrained",
-        "dataset": {"name": "ptbxl", "path": "../shared/data/ptbxl", "label_set": "superclass", "class_names": classes},
+        "dataset": {
+            "name": "ptbxl",
+            "path": "../shared/data/ptbxl",
+            "label_set": "superclass",
+            "class_names": classes,
+        },
         "results": [
             {
                 "protocol": "linear-probe",
@@ -112,7 +122,6 @@ def checkpoints(tmp_path_factory):
     raw 12-lead signal, the model inputs it gives, and the reference outputs of both models."""
     import numpy as np
     import torch
-
     from ecg_hub.modeling import EcgFeatureExtractor
 
     root = tmp_path_factory.mktemp("checkpoints")
@@ -146,15 +155,74 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def published(hub_server, checkpoints):
-    """v1 published to main, then v2 (with results) to main, then v1 to branch "v1-branch"."""
+def etp_checkpoint(checkpoints):
+    """A tiny ETP dual encoder + EtpProcessor (trained WordPiece tokenizer), and its reference outputs."""
+    import torch
+    from ecg_hub.modeling import EcgFeatureExtractor
+    from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
+    from ecg_hub.modeling.configuration_etp import EtpConfig
+    from ecg_hub.modeling.modeling_etp import EtpModel
+    from ecg_hub.modeling.processing_etp import EtpProcessor
+    from transformers import BertConfig
+
+    from ecg_hub.data.text_collators import train_report_tokenizer
+
+    tokenizer = train_report_tokenizer(ETP_TEXTS * 3, vocab_size=80)
+    config = EtpConfig(
+        ecg_config=EcgResNetConfig(
+            hidden_sizes=[8, 16, 32], depths=[1, 1, 1], embedding_size=8, sampling_rate=100, num_samples=400
+        ),
+        text_config=BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+        ),
+        projection_dim=16,
+        text_projection_hidden_dim=16,
+        text_pooling="mean",
+    )
+    torch.manual_seed(3)
+    model = EtpModel(config).eval()
+    processor = EtpProcessor(
+        EcgFeatureExtractor.from_preset("etp", sampling_rate=100, num_samples=400), tokenizer
+    )
+    model_dir = checkpoints["root"] / "etp"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    batch = processor(
+        ecg=[checkpoints["signal"]],
+        text=ETP_TEXTS,
+        sampling_rate=SIGNAL_RATE,
+        leads=SIGNAL_LEADS,
+        return_tensors="pt",
+    )
+    # Reference: the saved checkpoint loaded with the installed classes (attention implementation
+    # and all, as from_pretrained sets them), on one thread like the child.
+    reloaded = EtpModel.from_pretrained(model_dir).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            outputs = {k: v for k, v in reloaded(**batch).items() if isinstance(v, torch.Tensor)}
+    finally:
+        torch.set_num_threads(threads)
+    return {"dir": model_dir, "batch": dict(batch), "outputs": outputs}
+
+
+@pytest.fixture(scope="module")
+def published(hub_server, checkpoints, etp_checkpoint):
+    """v1 published to main, then v2 (with results) to main, then v1 to branch "v1-branch"; and ETP."""
     from ecg_hub.hub import publish
 
     dirs = checkpoints["dirs"]
     first = publish(dirs["v1"], REPO_ID)
     second = publish(dirs["v2"], REPO_ID, results=checkpoints["results_path"])
     branch = publish(dirs["v1"], REPO_ID, revision="v1-branch")
-    return {"v1": first.oid, "v2": second.oid, "branch": branch.oid}
+    etp = publish(etp_checkpoint["dir"], ETP_REPO_ID)
+    return {"v1": first.oid, "v2": second.oid, "branch": branch.oid, "etp": etp.oid}
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,15 +253,23 @@ def test_each_publish_is_one_commit_with_weights_preprocessing_remote_code_and_c
     assert config["model_type"] == "ecg_jepa" and config["architectures"] == ["EcgJepaModel"]
     assert config["auto_map"]["AutoConfig"] == "configuration_ecg_jepa.EcgJepaConfig"
     assert config["auto_map"]["AutoModel"] == "modeling_ecg_jepa.EcgJepaModel"
-    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_ecg_jepa.EcgJepaForSequenceClassification"
+    assert (
+        config["auto_map"]["AutoModelForSequenceClassification"]
+        == "modeling_ecg_jepa.EcgJepaForSequenceClassification"
+    )
     preprocessor = json.loads(v2.files["preprocessor_config.json"])
     assert preprocessor["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_ecg.EcgFeatureExtractor"}
     requirements = v2.files["requirements.txt"].decode().split("\n")
     assert {"torch>=2.4", "transformers>=5.0", "numpy>=1.26", "scipy>=1.11"} <= set(requirements)
     # The repo's copy of the code is the installed code, byte for byte.
-    import ecg_hub.modeling as modeling
+    from ecg_hub import modeling
 
-    for name in ("modeling_ecg_jepa.py", "configuration_ecg_jepa.py", "feature_extraction_ecg.py", "leads.py"):
+    for name in (
+        "modeling_ecg_jepa.py",
+        "configuration_ecg_jepa.py",
+        "feature_extraction_ecg.py",
+        "leads.py",
+    ):
         assert v2.files[name] == (Path(modeling.__file__).parent / name).read_bytes()
     # The installed classes are not left registered for remote-code saving after a publish.
     assert modeling.EcgJepaModel.__dict__.get("_auto_class") is None
@@ -212,8 +288,16 @@ def test_model_card_parses_and_its_metrics_equal_the_results_json(published, che
     }
     assert parsed == expected
     for result in card.data.eval_results:
-        assert (result.dataset_type, result.dataset_config, result.dataset_split) == ("ptbxl", "superclass", "test")
-        entry = next(e for e in results["results"] if f"{e['protocol']}, fraction={e['fraction']}" == result.metric_config)
+        assert (result.dataset_type, result.dataset_config, result.dataset_split) == (
+            "ptbxl",
+            "superclass",
+            "test",
+        )
+        entry = next(
+            e
+            for e in results["results"]
+            if f"{e['protocol']}, fraction={e['fraction']}" == result.metric_config
+        )
         assert result.metric_args["seeds"] == entry["seeds"]
         assert result.metric_args["std"] == entry["metrics_std"][result.metric_type]
     assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
@@ -277,7 +361,7 @@ for name, revision in args["loads"].items():
     model = AutoModel.from_pretrained(args["repo_id"], revision=revision, **extra).eval()
     fe = AutoFeatureExtractor.from_pretrained(args["repo_id"], revision=revision, **extra)
     with torch.no_grad():
-        tensors = {k: v.contiguous() for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v.clone() for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
     features = fe(signal, sampling_rate=args["signal_rate"], leads=args["signal_leads"], return_tensors="pt")
     tensors.update({f"fe.{k}": v.contiguous() for k, v in features.items()})
     save_file(tensors, f"{args['out']}/{name}.safetensors")
@@ -285,6 +369,23 @@ for name, revision in args["loads"].items():
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "fe_class": f"{type(fe).__module__}.{type(fe).__qualname__}",
         "fe_config": {k: v for k, v in fe.to_dict().items() if k != "auto_map"},
+    }
+for name, repo_id in args.get("processor_repos", {}).items():  # ECG-text models: AutoProcessor
+    from transformers import AutoProcessor
+
+    model = AutoModel.from_pretrained(repo_id, **extra).eval()
+    processor = AutoProcessor.from_pretrained(repo_id, **extra)
+    batch = processor(
+        ecg=[signal], text=args["texts"], sampling_rate=args["signal_rate"], leads=args["signal_leads"],
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        tensors = {k: v.clone() for k, v in model(**batch).items() if isinstance(v, torch.Tensor)}
+    tensors.update({f"fe.{k}": v.contiguous() for k, v in batch.items()})
+    save_file(tensors, f"{args['out']}/{name}.safetensors")
+    report[name] = {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "processor_class": f"{type(processor).__module__}.{type(processor).__qualname__}",
     }
 report["ecg_hub_modules"] = sorted(m for m in sys.modules if m == "ecg_hub" or m.startswith("ecg_hub."))
 report["blocked_imports"] = list(blocked)  # before the check below adds its own attempt
@@ -299,7 +400,9 @@ with open(f"{args['out']}/report.json", "w") as handle:
 '''
 
 
-def _start_child(workdir: Path, hf_home: Path, *, loads, offline=False, remote=False) -> subprocess.Popen:
+def _start_child(
+    workdir: Path, hf_home: Path, *, loads, offline_endpoint=None, remote=False
+) -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "child.py"
     script.write_text(_CHILD_SCRIPT)
@@ -315,6 +418,8 @@ def _start_child(workdir: Path, hf_home: Path, *, loads, offline=False, remote=F
         "block_ecg_hub": remote,
         "trust_remote_code": remote,
         "check_refusal": remote,
+        "processor_repos": {"etp": ETP_REPO_ID} if remote else {},
+        "texts": ETP_TEXTS,
     }
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "PYTHONPATH")}
     env.update(
@@ -324,8 +429,8 @@ def _start_child(workdir: Path, hf_home: Path, *, loads, offline=False, remote=F
         HF_HUB_DISABLE_PROGRESS_BARS="1",
         OMP_NUM_THREADS="1",
     )
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
+    if offline_endpoint is not None:
+        env.update(HF_HUB_OFFLINE="1", HF_ENDPOINT=offline_endpoint)
     with (workdir / "log.txt").open("w") as log:
         return subprocess.Popen(
             [sys.executable, str(script), json.dumps(args)],
@@ -346,33 +451,52 @@ def _finish(process: subprocess.Popen, workdir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def fresh_processes(hub_server, published, checkpoints, tmp_path_factory):
-    """Run the three child processes; returns their reports, outputs and request counts."""
+    """Run the three child processes at once; returns their reports, outputs and requests."""
     import torch
     from safetensors.torch import load_file, save_file
+
+    from ecg_hub.hub import download
 
     root = tmp_path_factory.mktemp("children")
     save_file({k: v.contiguous() for k, v in checkpoints["inputs"].items()}, root / "inputs.safetensors")
     save_file({"signal": torch.from_numpy(checkpoints["signal"])}, root / "signal.safetensors")
-    registered_home, remote_home = root / "hf-home-registered", root / "hf-home-remote"
-    loads = {"main": None, "pinned_v1": published["v1"], "branch": "v1-branch"}
+    # `ecg-hub download` of main and of the pinned v1 commit fills the cache the offline child uses.
+    offline_home = root / "hf-home-offline"
+    for revision in (None, published["v1"]):
+        download(REPO_ID, revision=revision, cache_dir=offline_home / "hub")
     requests_before = len(hub_server.state.requests)
-    running = [
-        ("registered", _start_child(root / "registered", registered_home, loads=loads)),
-        ("remote", _start_child(root / "remote", remote_home, loads={"main": None}, remote=True)),
-    ]
-    runs = {name: _finish(process, root / name) for name, process in running}
-    online_requests = hub_server.state.requests[requests_before:]
-    requests_before_offline = len(hub_server.state.requests)
-    offline_loads = {"main": None, "pinned_v1": published["v1"]}
-    runs["offline"] = _finish(_start_child(root / "offline", registered_home, loads=offline_loads, offline=True), root / "offline")
-    offline_requests = hub_server.state.requests[requests_before_offline:]
+    # The offline child's HF_ENDPOINT is a second, empty server: any request it made would land there.
+    tripwire = HubServer().start()
+    running = {
+        "registered": _start_child(
+            root / "registered",
+            root / "hf-home-registered",  # empty cache
+            loads={"main": None, "pinned_v1": published["v1"], "branch": "v1-branch"},
+        ),
+        "remote": _start_child(root / "remote", root / "hf-home-remote", loads={"main": None}, remote=True),
+        "offline": _start_child(
+            root / "offline",
+            offline_home,
+            loads={"main": None, "pinned_v1": published["v1"]},
+            offline_endpoint=tripwire.url,
+        ),
+    }
+    try:
+        runs = {name: _finish(process, root / name) for name, process in running.items()}
+    finally:
+        tripwire.stop()
     outputs = {
         (run, load): load_file(root / run / f"{load}.safetensors")
         for run, report in runs.items()
         for load in report
         if isinstance(report[load], dict)
     }
-    return {"reports": runs, "outputs": outputs, "online_requests": online_requests, "offline_requests": offline_requests}
+    return {
+        "reports": runs,
+        "outputs": outputs,
+        "requests": hub_server.state.requests[requests_before:],
+        "offline_requests": tripwire.state.requests,
+    }
 
 
 def _assert_same_outputs(got: dict, expected: dict) -> None:
@@ -408,7 +532,7 @@ def test_fresh_process_loads_by_repo_id_with_installed_classes(fresh_processes, 
     assert report["main"]["model_class"] == "ecg_hub.modeling.modeling_ecg_jepa.EcgJepaModel"
     assert report["main"]["fe_class"] == "ecg_hub.modeling.feature_extraction_ecg.EcgFeatureExtractor"
     # It downloaded over HTTP from the test server (its cache started empty).
-    paths = {path for _, path in fresh_processes["online_requests"]}
+    paths = {path for _, path in fresh_processes["requests"]}
     assert f"/{REPO_ID}/resolve/{published['v2']}/model.safetensors" in paths
 
 
@@ -433,8 +557,31 @@ def test_trust_remote_code_loads_without_ecg_hub(fresh_processes, checkpoints):
     _assert_same_features(fresh_processes["outputs"][("remote", "main")], checkpoints)
 
 
+def test_trust_remote_code_loads_a_processor_checkpoint_without_ecg_hub(
+    fresh_processes, etp_checkpoint, published, hub_server
+):
+    import torch
+
+    report = fresh_processes["reports"]["remote"]
+    assert report["etp"]["model_class"].startswith("transformers_modules.")
+    assert report["etp"]["model_class"].endswith("modeling_etp.EtpModel")
+    assert report["etp"]["processor_class"].endswith("processing_etp.EtpProcessor")
+    got = fresh_processes["outputs"][("remote", "etp")]
+    for key, value in etp_checkpoint["batch"].items():  # the repo's processor prepares the same batch
+        assert torch.equal(got[f"fe.{key}"], value), key
+    _assert_same_outputs(got, etp_checkpoint["outputs"])
+    files = set(hub_server.state.repos[("model", ETP_REPO_ID)].commits[published["etp"]].files)
+    assert {
+        "processor_config.json",
+        "tokenizer.json",
+        "processing_etp.py",
+        "modeling_etp.py",
+        "modeling_ecg_resnet.py",
+    } <= files
+
+
 def test_offline_mode_loads_from_the_cache_without_any_request(fresh_processes, checkpoints):
-    assert fresh_processes["offline_requests"] == []
+    assert fresh_processes["offline_requests"] == []  # its endpoint, a second server, saw nothing
     outputs, expected = fresh_processes["outputs"], checkpoints["outputs"]
     _assert_same_outputs(outputs[("offline", "main")], expected["v2"])
     _assert_same_outputs(outputs[("offline", "pinned_v1")], expected["v1"])
@@ -519,7 +666,9 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_cli_publish_private_to_a_branch_then_download_reads_only_safetensors(hub_server, checkpoints, capsys):
+def test_cli_publish_private_to_a_branch_then_download_reads_only_safetensors(
+    hub_server, checkpoints, capsys
+):
     from huggingface_hub import HfApi
 
     repo_id = "ecg-hub-test/cli"
@@ -530,7 +679,9 @@ def test_cli_publish_private_to_a_branch_then_download_reads_only_safetensors(hu
     assert repo.private and repo.branches["dev"] == commit
     assert set(repo.commits[repo.branches["main"]].files) == {".gitattributes"}  # main untouched
     # A pickle pushed by someone else is never downloaded.
-    HfApi().upload_file(path_or_fileobj=b"not a pickle", path_in_repo="pytorch_model.bin", repo_id=repo_id, revision="dev")
+    HfApi().upload_file(
+        path_or_fileobj=b"not a pickle", path_in_repo="pytorch_model.bin", repo_id=repo_id, revision="dev"
+    )
     upload_head = repo.branches["dev"]
     assert _cli(["download", repo_id, "--revision", "dev"]) == 0
     local = Path(capsys.readouterr().out.strip())
@@ -552,16 +703,18 @@ def test_cli_reports_failures_with_a_message_and_exit_code(hub_server, tmp_path,
 
 
 def test_list_checkpoints_names_family_and_a_real_input_preset(capsys):
-    import ecg_hub.hub as hub
     from ecg_hub.modeling.feature_extraction_ecg import PRESETS
 
-    checkpoints = hub.list_checkpoints()
+    import ecg_hub
+    from ecg_hub import hub
+
+    checkpoints = ecg_hub.list_checkpoints()
     assert len({c.repo_id for c in checkpoints}) == len(checkpoints) >= 4
     assert {c.family for c in checkpoints} == set(hub.FAMILIES)
     for checkpoint in checkpoints:
         assert checkpoint.repo_id.startswith("ecg-hub/") and checkpoint.input_preset in PRESETS
         assert hub._card_template(checkpoint.family).startswith("---\n{{ card_data }}\n---")
-    assert [c.repo_id for c in hub.list_checkpoints("ecg_jepa")][0] == "ecg-hub/ecg-jepa-multiblock"
+    assert hub.list_checkpoints("ecg_jepa")[0].repo_id == "ecg-hub/ecg-jepa-multiblock"
     with pytest.raises(ValueError, match="unknown model family"):
         hub.list_checkpoints("resnet")
     assert _cli(["download", "--list"]) == 0

@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list:
         for checkpoint in list_checkpoints():
-            print(f"{checkpoint.repo_id}\t{checkpoint.family}\t{checkpoint.input_preset}\t{checkpoint.description}")
+            print(
+                f"{checkpoint.repo_id}\t{checkpoint.family}\t{checkpoint.input_preset}\t{checkpoint.description}"
+            )
         return 0
     if not args.repo_id:
         print("ecg-hub download: give a repo id (org/name) or --list", file=sys.stderr)

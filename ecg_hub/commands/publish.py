@@ -26,10 +26,16 @@ def register(subparsers) -> None:
     )
     parser.add_argument("dir", type=Path, help="a save_pretrained folder of an ecg-hub model")
     parser.add_argument("--repo-id", required=True, help="Hub repo id, org/name")
-    parser.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
+    parser.add_argument(
+        "--private", action="store_true", help="create the repo private (if it does not exist)"
+    )
     parser.add_argument("--revision", default=None, help="branch to commit to (created from main if missing)")
-    parser.add_argument("--results", type=Path, default=None, help="results JSON written by `ecg-hub evaluate`")
-    parser.add_argument("--license", default="apache-2.0", help="Hub licence id of the weights (default apache-2.0)")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="results JSON written by `ecg-hub evaluate`"
+    )
+    parser.add_argument(
+        "--license", default="apache-2.0", help="Hub licence id of the weights (default apache-2.0)"
+    )
     parser.add_argument("--base-model", default=None, help="repo id this checkpoint was fine-tuned from")
     parser.add_argument("--message", default=None, help="commit message")
     parser.set_defaults(func=run)
