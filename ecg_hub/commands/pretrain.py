@@ -1,0 +1,64 @@
+"""``ecg-hub pretrain RECIPE [key=value ...]``: self-supervised pretraining from a YAML recipe.
+
+RECIPE is a YAML file or a packaged recipe name (``ecg_jepa/pretrain_tiny``). Overrides are
+``key.path=value`` with YAML-typed values (``training.max_steps=100``, ``data.batch_size=32``,
+``optimizer.lr=1e-4``); ``~key.path`` removes a key. One process:
+
+    ecg-hub pretrain ecg_jepa/pretrain_tiny output_dir=runs/tiny
+
+Several processes (DDP or FSDP, see ``recipes/accelerate/``):
+
+    accelerate launch --config_file recipes/accelerate/single_gpu.yaml -m ecg_hub pretrain ecg_jepa/pretrain_base
+    ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml \\
+        -m ecg_hub pretrain ecg_jepa/pretrain_tiny
+
+Continue a stopped run with ``--resume`` (the newest checkpoint in the output folder) or
+``--resume PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="pretrain a model from a YAML recipe (runs under `accelerate launch` too)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("recipe", help="recipe YAML file or packaged recipe name (e.g. ecg_jepa/pretrain_tiny)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the newest checkpoint in output_dir (or from CHECKPOINT)",
+    )
+    parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
+    parser.add_argument("--validate-only", action="store_true", help="validate the recipe and exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ecg_hub.recipe import RecipeError, dump_recipe, load_recipe
+    from ecg_hub.training.pretrain import PretrainRecipe, pretrain
+
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"training.resume_from_checkpoint={args.resume}")
+    try:
+        recipe = load_recipe(args.recipe, overrides, schema=PretrainRecipe)
+    except RecipeError as error:
+        raise SystemExit(f"ecg-hub pretrain: {error}") from None
+    if args.print_recipe:
+        print(dump_recipe(recipe), end="")
+        return 0
+    if args.validate_only:
+        print(f"{args.recipe}: valid pretrain recipe")
+        return 0
+    pretrain(recipe)
+    return 0

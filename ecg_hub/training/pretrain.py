@@ -1,0 +1,674 @@
+"""Self-supervised pretraining on Accelerate, for any model whose forward returns a ``loss``.
+
+Run it with ``ecg-hub pretrain RECIPE [key=value ...]`` (one process) or
+``accelerate launch [--config_file recipes/accelerate/...] -m ecg_hub pretrain RECIPE ...``
+(data-parallel DDP or FSDP). :func:`pretrain` is the loop; :class:`PretrainRecipe` the schema of
+its YAML recipes (``recipes/ecg_jepa/pretrain_*.yaml``).
+
+Features
+--------
+- **Model-agnostic.** The recipe names the model, its feature extractor, the dataset, the
+  collator, the optimizer and the schedule (``_component_`` entries). The loop calls
+  ``model(**batch).loss`` (batch keys the forward does not accept are dropped) and, after every
+  optimizer step, ``model.post_optimizer_step(step, total_steps) -> dict[str, float]`` if the
+  model defines it: EMA momentum and target-encoder updates, teacher or codebook updates,
+  temperature schedules. The returned values are logged. See :class:`PretrainingModel`.
+- **Data.** Map-style datasets (memory-mapped Arrow from ``datasets.load_from_disk``) are read
+  batch by batch: RAM does not grow with the number of records. ``data.streaming: true`` (or an
+  ``IterableDataset`` component) streams instead. The collator (with the model's feature
+  extractor) runs in the DataLoader workers. ``data.batch_size`` is per process and micro-batch:
+  the effective batch is ``batch_size * gradient_accumulation_steps * num_processes`` ECGs.
+- **Optimisation.** The optimizer component (AdamW) gets two parameter groups: weight decay on
+  matrices, none on biases, norm weights, positional tables and special tokens
+  (:func:`~ecg_hub.training.optim.build_param_groups`). The schedule steps once per optimizer
+  step (warmup + cosine through ``transformers.get_scheduler``). Gradient accumulation
+  (``accelerator.accumulate``), clipping (``max_grad_norm``), bf16 / fp16 autocast
+  (``mixed_precision``; bf16 works on CPU too).
+- **Checkpoints and resume.** ``accelerator.save_state`` every ``checkpoint_every_steps``, at
+  ``stop_after_steps`` and at the end, into ``<output_dir>/checkpoints/step_<N>`` (the newest
+  ``keep_last_checkpoints`` are kept), with EMA targets, optimizer, scheduler, random states and
+  the data position. ``resume_from_checkpoint: latest`` (CLI ``--resume``) continues to the same
+  weights as an uninterrupted run: the epoch's permutation is a function of ``(seed, epoch)``, the
+  sampler restarts at the saved batch, collator randomness is keyed by batch, and the model's
+  random stream (masks, drop-path) is restored.
+- **Outputs.** ``<output_dir>/model``: ``save_pretrained`` of the model and its feature extractor
+  (safetensors, ready for ``from_pretrained`` and the Hub); ``recipe.yaml`` (the resolved
+  recipe); ``summary.json``; tracker logs under ``<output_dir>/logs`` (TensorBoard by default,
+  ``tracking.log_with: [trackio]`` or ``[wandb]``).
+- **Reporting.** A tqdm bar on the main process (loss, lr, ECG/s), and a closing table: ECG/s,
+  tokens/s, counted FLOPs per ECG, model FLOPs utilisation (CUDA, or ``training.peak_tflops``),
+  peak memory.
+
+Errors: an unknown recipe key names the key (:class:`~ecg_hub.recipe.RecipeError`); a launch whose
+world size Accelerate does not see (e.g. two processes each with world size 1) stops at once; a
+fresh run into an ``output_dir`` that already has checkpoints asks for ``--resume`` instead of
+mixing runs; a non-finite loss stops the run with its step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import torch
+
+from ..recipe import Component, dump_recipe, flatten_recipe, instantiate
+from .checkpointing import TrainingProgress, find_latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .data import build_train_dataloader, is_iterable_dataset
+from .metrics import FlopCounter, model_flops_utilization, peak_flops_per_second, peak_memory_bytes, render_summary
+from .optim import DEFAULT_NO_DECAY_NAMES, build_param_groups
+
+__all__ = [
+    "DataSettings",
+    "PretrainRecipe",
+    "PretrainResult",
+    "PretrainingModel",
+    "TrackingSettings",
+    "TrainingSettings",
+    "pretrain",
+]
+
+
+@runtime_checkable
+class PretrainingModel(Protocol):
+    """What the loop needs from a model (``transformers.PreTrainedModel`` in practice).
+
+    - ``forward(**batch)`` returns an object with a scalar ``loss``;
+    - optionally ``post_optimizer_step(step, total_steps) -> dict[str, float]``, called after
+      every optimizer step with the 0-based index of that step (0 after the first) and the run's
+      total number of optimizer steps; EMA targets and other state it updates must be registered submodules or
+      buffers so that checkpoints include them;
+    - optionally ``no_weight_decay() -> set[str]`` (extra parameter names without weight decay) and
+      ``num_input_tokens(**batch) -> int`` (tokens in a batch, for tokens/s; otherwise derived
+      from ``config.patch_size`` and ``input_values`` of shape (batch, leads, samples)).
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# ------------------------------------------------------------------------------------------------
+# Recipe schema.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class DataSettings:
+    """``data:`` section.
+
+    Attributes:
+        split: rows whose ``split`` column has this value (or this key of a ``DatasetDict``);
+            ``null`` uses every row.
+        columns: read only these columns (``null``: all); ``signal``, ``sampling_rate`` and
+            ``leads`` are what ``EcgCollator`` needs.
+        batch_size: ECGs per micro-batch and process.
+        shuffle: a new permutation every epoch (``(seed, epoch)``-determined).
+        streaming: iterate the dataset as an ``IterableDataset`` (``to_iterable_dataset``) in
+            ``num_shards`` shards with a ``shuffle_buffer_size`` shuffle buffer.
+        num_workers: DataLoader worker processes running the collator (0: in the main process).
+        prefetch_factor: batches prefetched per worker (``null``: PyTorch's default, 2).
+        pin_memory: page-locked host batches (CUDA only).
+    """
+
+    split: str | None = "train"
+    columns: list[str] | None = None
+    batch_size: int = 64
+    shuffle: bool = True
+    streaming: bool = False
+    num_shards: int = 64
+    shuffle_buffer_size: int = 10_000
+    num_workers: int = 0
+    prefetch_factor: int | None = None
+    pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_workers < 0 or self.num_shards < 1:
+            raise ValueError("data.batch_size and data.num_shards must be >= 1 and data.num_workers >= 0")
+
+
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """``training:`` section.
+
+    Attributes:
+        max_steps: optimizer steps of the run (wins over ``num_epochs``; required when streaming).
+        num_epochs: passes over the data (map-style datasets).
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        max_grad_norm: clip the global gradient norm to this (``null``: no clipping).
+        mixed_precision: ``no``, ``bf16`` or ``fp16`` autocast; ``null`` takes the ``accelerate
+            launch`` configuration's (default ``no``).
+        no_weight_decay_names: parameter-name fragments without weight decay (biases and every
+            1-D tensor are always exempt).
+        gradient_checkpointing: recompute activations in the backward pass, if the model supports it.
+        log_every_steps: optimizer steps between logged (process-averaged) losses.
+        checkpoint_every_steps: optimizer steps between checkpoints (``null``: only at the end).
+        keep_last_checkpoints: how many checkpoints to keep (``null``: all).
+        stop_after_steps: save a checkpoint and stop after this many optimizer steps, without
+            changing the schedule (for time-limited jobs; continue with ``--resume``).
+        resume_from_checkpoint: ``latest`` (the newest under ``<output_dir>/checkpoints``) or a
+            checkpoint folder.
+        peak_tflops: peak dense TFLOP/s of one device for MFU, where the built-in table has none.
+        progress_bar: show the tqdm bar on the main process.
+    """
+
+    max_steps: int | None = None
+    num_epochs: float | None = None
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    no_weight_decay_names: list[str] = field(default_factory=lambda: list(DEFAULT_NO_DECAY_NAMES))
+    gradient_checkpointing: bool = False
+    log_every_steps: int = 10
+    checkpoint_every_steps: int | None = 1000
+    keep_last_checkpoints: int | None = 3
+    stop_after_steps: int | None = None
+    resume_from_checkpoint: str | None = None
+    peak_tflops: float | None = None
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.num_epochs is None:
+            raise ValueError("set training.max_steps or training.num_epochs")
+        for name in ("max_steps", "gradient_accumulation_steps", "log_every_steps", "checkpoint_every_steps",
+                     "keep_last_checkpoints", "stop_after_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {value}")
+        if self.num_epochs is not None and self.num_epochs <= 0:
+            raise ValueError(f"training.num_epochs must be > 0, got {self.num_epochs}")
+
+
+@dataclass(kw_only=True)
+class TrackingSettings:
+    """``tracking:`` section: Accelerate trackers (``tensorboard``, ``trackio``, ``wandb``, ...;
+    ``[]`` for none), logging under ``<output_dir>/logs``."""
+
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project_name: str = "ecg-hub-pretrain"
+
+
+def _default_collator() -> Component:
+    return Component({"_component_": "ecg_hub.data.collators.EcgCollator", "training": True})
+
+
+@dataclass(kw_only=True)
+class PretrainRecipe:
+    """Schema of ``recipe: pretrain`` YAML files. Components (``_component_`` entries):
+
+    - ``model``: the model to pretrain (``...ForPreTraining``), usually built from a config node;
+    - ``feature_extractor``: the model's ``EcgFeatureExtractor`` (saved with the model);
+    - ``dataset``: a ``datasets.Dataset`` / ``DatasetDict`` / ``IterableDataset`` factory;
+    - ``collator``: rows -> model inputs; gets ``feature_extractor=`` from the loop
+      (default ``EcgCollator(training=True)``);
+    - ``optimizer``: gets ``params=`` (the two weight-decay groups) from the loop;
+    - ``lr_scheduler``: gets ``optimizer=`` and ``num_training_steps=`` from the loop.
+    """
+
+    #: Keyword arguments the loop passes at instantiation (a recipe must not set them).
+    PROVIDED_KWARGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "collator": ("feature_extractor",),
+        "optimizer": ("params",),
+        "lr_scheduler": ("optimizer", "num_training_steps"),
+    }
+
+    recipe: str = "pretrain"
+    output_dir: str
+    seed: int = 0
+    model: Component
+    feature_extractor: Component
+    dataset: Component
+    collator: Component = field(default_factory=_default_collator)
+    optimizer: Component
+    lr_scheduler: Component
+    data: DataSettings = field(default_factory=DataSettings)
+    training: TrainingSettings
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks.
+# ------------------------------------------------------------------------------------------------
+
+
+def _make_accelerator(recipe: PretrainRecipe):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
+        # `accelerate launch --multi_gpu` on a machine without GPUs starts the processes but each
+        # one would see world size 1 (and train alone); on CPU they must join a gloo group.
+        os.environ["ACCELERATE_USE_CPU"] = "1"
+    output_dir = Path(recipe.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=recipe.training.mixed_precision,
+        gradient_accumulation_steps=recipe.training.gradient_accumulation_steps,
+        log_with=list(recipe.tracking.log_with) or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # The schedule is stepped by hand, once per optimizer step: Accelerate would otherwise
+        # step it num_processes times per optimizer step.
+        step_scheduler_with_optimizer=False,
+    )
+    if accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"{launched} processes were launched (WORLD_SIZE) but Accelerate sees a world of "
+            f"{accelerator.num_processes}: every process would train alone. On CPU, launch with "
+            "`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`"
+        )
+    return accelerator
+
+
+def _load_dataset(recipe: PretrainRecipe):
+    """The recipe's dataset, restricted to ``data.split`` and ``data.columns``, with signals read as
+    NumPy arrays; an ``IterableDataset`` when ``data.streaming`` is set."""
+    import datasets
+    import numpy as np
+    import pyarrow.compute as pc
+
+    dataset = instantiate(recipe.dataset)
+    split = recipe.data.split
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split is None or split not in dataset:
+            raise ValueError(f"dataset: a DatasetDict with splits {list(dataset)}; set data.split to one of them")
+        dataset = dataset[split]
+    elif split is not None:
+        names = getattr(dataset, "column_names", None) or []
+        if "split" not in names:
+            raise ValueError(f"dataset: data.split is {split!r} but the dataset has no 'split' column; set data.split: null")
+        if isinstance(dataset, datasets.Dataset):
+            # Row indices from the Arrow column, kept in memory (a few MB for 800 k records): unlike
+            # Dataset.filter this writes no cache file into the (possibly shared, read-only) dataset folder.
+            column = dataset.select_columns(["split"]).with_format("arrow")[:]["split"]
+            indices = np.flatnonzero(pc.equal(column, split).fill_null(False).to_numpy(zero_copy_only=False))
+            dataset = dataset.select(indices, keep_in_memory=True)
+        else:
+            dataset = dataset.filter(lambda value: value == split, input_columns="split")
+    if recipe.data.columns is not None:
+        dataset = dataset.select_columns(list(recipe.data.columns))
+    if isinstance(dataset, datasets.Dataset):
+        if len(dataset) == 0:
+            raise ValueError(f"dataset: no rows in split {split!r}")
+        if recipe.data.streaming:
+            dataset = dataset.to_iterable_dataset(num_shards=min(recipe.data.num_shards, len(dataset)))
+        elif "signal" in dataset.column_names:
+            # Signals as NumPy arrays (one copy out of Arrow) rather than nested Python lists.
+            return dataset.with_format("numpy", columns=["signal"], output_all_columns=True)
+    if isinstance(dataset, datasets.IterableDataset):
+        dataset = dataset.with_format("numpy")
+    return dataset
+
+
+def _check_inputs_match(model: torch.nn.Module, feature_extractor: Any) -> None:
+    """The feature extractor must produce what the model was configured for."""
+    config = getattr(model, "config", None)
+    checks = (("sampling_rate", "sampling_rate"), ("lead_names", "leads"))
+    for config_name, fe_name in checks:
+        expected, given = getattr(config, config_name, None), getattr(feature_extractor, fe_name, None)
+        if expected is None or given is None:
+            continue
+        same = list(expected) == list(given) if isinstance(expected, (list, tuple)) else expected == given
+        if not same:
+            raise ValueError(
+                f"feature_extractor.{fe_name} is {given!r} but model.config.{config_name} is {expected!r}; "
+                "the extractor must produce the model's input"
+            )
+
+
+def _forward_keys(model: torch.nn.Module) -> set[str] | None:
+    """Names ``model.forward`` accepts, or ``None`` when it takes ``**kwargs``."""
+    params = inspect.signature(model.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def _tokens_in_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int | None:
+    if callable(getattr(model, "num_input_tokens", None)):
+        return int(model.num_input_tokens(**batch))
+    patch_size = getattr(getattr(model, "config", None), "patch_size", None)
+    values = batch.get("input_values")
+    if isinstance(patch_size, int) and values is not None and values.ndim == 3:
+        return int(values.shape[0] * values.shape[1] * (values.shape[2] // patch_size))
+    return None
+
+
+def _total_steps(recipe: PretrainRecipe, batches_per_epoch: int | None) -> int:
+    training = recipe.training
+    if training.max_steps is not None:
+        return training.max_steps
+    if batches_per_epoch is None:
+        raise ValueError("training.max_steps is required with a streamed (iterable) dataset: its length is unknown")
+    return max(1, math.ceil(training.num_epochs * batches_per_epoch / training.gradient_accumulation_steps))
+
+
+def _micro_batches(loader, progress: TrainingProgress):
+    """This process's micro-batches, epoch after epoch, from the position in ``progress``
+    (which it advances as batches are handed out)."""
+    while True:
+        start = progress.batch_in_epoch
+        empty = True
+        for batch in loader.epoch_batches(progress.epoch, start):
+            empty = False
+            progress.batch_in_epoch += 1
+            yield batch
+        if empty and start == 0:
+            raise ValueError(f"epoch {progress.epoch} produced no batch: the dataset is smaller than one batch")
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+
+
+def _save_final_model(accelerator, model, feature_extractor, target: Path) -> None:
+    """``save_pretrained`` of the model and its feature extractor into ``target``, via a temporary
+    folder renamed at the end."""
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every process must call it
+    if accelerator.is_main_process:
+        tmp = target.with_name(f".{target.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
+        if feature_extractor is not None and hasattr(feature_extractor, "save_pretrained"):
+            feature_extractor.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    accelerator.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` returns: the run ``summary`` (also ``<output_dir>/summary.json``), and
+    the trained ``model`` (unwrapped from DDP; FSDP: this process's shards) and ``feature_extractor``."""
+
+    summary: dict[str, Any]
+    model: torch.nn.Module
+    feature_extractor: Any
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, shapes, bytes), to compare replicas."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def pretrain(recipe: PretrainRecipe) -> PretrainResult:
+    """Pretrain the recipe's model (see the module docstring).
+
+    The summary holds ``steps``, ``examples`` (ECGs, all processes), ``elapsed_seconds``,
+    ``ecg_per_second`` and ``tokens_per_second`` (all processes, measured after the first
+    optimizer step), ``flops_per_example`` (counted on the first micro-batch: forward + backward),
+    ``achieved_flops_per_second``, ``mfu`` (``None`` when the device peak is unknown),
+    ``peak_memory_bytes``, ``final_loss``, ``stopped_early``, ``model_dir`` and ``replicas``: one
+    ``{"rank", "world_size", "weights_sha256"}`` per process (data-parallel runs stop with an error
+    if the replicas' weights, EMA targets included, differ at the end; under FSDP each process
+    holds shards and the digest is left out).
+    """
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    training, data = recipe.training, recipe.data
+    accelerator = _make_accelerator(recipe)
+    output_dir = Path(recipe.output_dir)
+    checkpoints_dir = output_dir / "checkpoints"
+
+    resume_from: Path | None = None
+    if training.resume_from_checkpoint is not None:
+        if training.resume_from_checkpoint == "latest":
+            resume_from = find_latest_checkpoint(checkpoints_dir)
+            if resume_from is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under {checkpoints_dir}")
+        else:
+            resume_from = Path(training.resume_from_checkpoint)
+            if not resume_from.is_dir():
+                raise FileNotFoundError(f"--resume: checkpoint folder {resume_from} does not exist")
+    elif find_latest_checkpoint(checkpoints_dir) is not None:
+        raise FileExistsError(
+            f"{checkpoints_dir} already holds checkpoints: continue that run with --resume "
+            "(training.resume_from_checkpoint=latest) or choose another output_dir"
+        )
+
+    # Same seed on every process, so every process builds the same initial weights.
+    set_seed(recipe.seed)
+    model = instantiate(recipe.model)
+    feature_extractor = instantiate(recipe.feature_extractor)
+    _check_inputs_match(model, feature_extractor)
+    collator = instantiate(recipe.collator, feature_extractor=feature_extractor)
+    if training.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+        model.gradient_checkpointing_enable()
+    forward_keys = _forward_keys(model)
+
+    dataset = _load_dataset(recipe)
+    loader = build_train_dataloader(
+        dataset,
+        collator,
+        data.batch_size,
+        num_replicas=accelerator.num_processes,
+        rank=accelerator.process_index,
+        seed=recipe.seed,
+        shuffle=data.shuffle,
+        shuffle_buffer_size=data.shuffle_buffer_size,
+        num_workers=data.num_workers,
+        prefetch_factor=data.prefetch_factor,
+        pin_memory=data.pin_memory and accelerator.device.type == "cuda",
+    )
+    total_steps = _total_steps(recipe, loader.batches_per_epoch)
+
+    weight_decay = float(recipe.optimizer.get("weight_decay", 0.0))
+    groups = build_param_groups(model, weight_decay, training.no_weight_decay_names)
+    optimizer = instantiate(recipe.optimizer, params=groups)
+    scheduler = instantiate(recipe.lr_scheduler, optimizer=optimizer, num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+
+    # Each process draws its own masks / drop-path (seed + rank); a resume restores these streams.
+    set_seed(recipe.seed, device_specific=True)
+    progress = TrainingProgress(num_processes=accelerator.num_processes)
+    if resume_from is not None:
+        progress = load_checkpoint(accelerator, resume_from)
+        accelerator.print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch})")
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    if recipe.tracking.log_with:
+        accelerator.init_trackers(recipe.tracking.project_name, config=flatten_recipe(recipe))
+
+    post_step = getattr(unwrapped, "post_optimizer_step", None)
+    post_step = post_step if callable(post_step) else None
+    decayed = sum(p.numel() for g in groups if g["weight_decay"] > 0 for p in g["params"])
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    accelerator.print(
+        f"pretraining {type(unwrapped).__name__}: {trainable:,} trainable parameters ({decayed:,} with weight decay), "
+        f"{total_steps:,} optimizer steps of {data.batch_size * training.gradient_accumulation_steps * accelerator.num_processes} "
+        f"ECGs, {accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}"
+    )
+
+    start_step = progress.step
+    stop_at = min(total_steps, training.stop_after_steps or total_steps)
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc="pretrain",
+        unit="step",
+        disable=not (accelerator.is_main_process and training.progress_bar),
+        dynamic_ncols=True,
+    )
+
+    flops_per_example: float | None = None
+    tokens_per_example: float | None = None
+    window_loss = torch.zeros((), device=accelerator.device)
+    window_micro_batches = 0
+    window_examples = 0
+    window_start = time.perf_counter()
+    measure_start: float | None = None
+    measured_examples = 0
+    last_loss: float | None = None
+    grad_norm: torch.Tensor | float | None = None
+    step_lr = float("nan")
+    last_checkpoint_step = start_step if resume_from is not None else -1
+    run_start = time.perf_counter()
+
+    model.train()
+    batches = _micro_batches(loader, progress)
+    while progress.step < stop_at:
+        batch = next(batches)
+        batch = {
+            key: value.to(accelerator.device, non_blocking=True) if torch.is_tensor(value) else value
+            for key, value in batch.items()
+            if forward_keys is None or key in forward_keys
+        }
+        local_examples = int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
+        count_flops = flops_per_example is None
+        if tokens_per_example is None:
+            tokens = _tokens_in_batch(unwrapped, batch)
+            tokens_per_example = tokens / local_examples if tokens is not None else float("nan")
+
+        with accelerator.accumulate(model):
+            counter = FlopCounter() if count_flops else None
+            if counter is not None:
+                counter.__enter__()
+            try:
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+            finally:
+                if counter is not None:
+                    counter.__exit__(None, None, None)
+                    flops_per_example = counter.total / local_examples
+            if accelerator.sync_gradients and training.max_grad_norm is not None:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+            optimizer.step()
+            if accelerator.sync_gradients:
+                step_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        window_loss += loss.detach().float()
+        window_micro_batches += 1
+        window_examples += local_examples
+        progress.examples += local_examples
+        if measure_start is not None:
+            measured_examples += local_examples
+        if not accelerator.sync_gradients:
+            continue
+
+        progress.step += 1
+        step = progress.step
+        # 0-based index of the optimizer step just taken (the official ECG-JEPA momentum schedule).
+        extra = post_step(step - 1, total_steps) if post_step is not None else {}
+        if measure_start is None:  # steady-state throughput starts after the first (warm-up) step
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            measure_start = time.perf_counter()
+        bar.update(1)
+
+        if step % training.log_every_steps == 0 or step == stop_at:
+            mean_loss = accelerator.reduce(window_loss / window_micro_batches, reduction="mean").item()
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"non-finite loss {mean_loss} at optimizer step {step}")
+            now = time.perf_counter()
+            ecg_per_second = window_examples * accelerator.num_processes / max(now - window_start, 1e-9)
+            lr = step_lr
+            logs = {"train/loss": mean_loss, "train/lr": lr, "train/ecg_per_second": ecg_per_second,
+                    "train/epoch": progress.epoch}
+            if grad_norm is not None:
+                logs["train/grad_norm"] = float(grad_norm)
+            logs.update({f"train/{key}": float(value) for key, value in (extra or {}).items()})
+            accelerator.log(logs, step=step)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ecg_s=f"{ecg_per_second:.1f}")
+            last_loss = mean_loss
+            window_loss.zero_()
+            window_micro_batches = window_examples = 0
+            window_start = now
+
+        if (training.checkpoint_every_steps and step % training.checkpoint_every_steps == 0) or step == stop_at:
+            save_checkpoint(accelerator, checkpoints_dir, progress, training.keep_last_checkpoints)
+            last_checkpoint_step = step
+    bar.close()
+
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+    end = time.perf_counter()
+    if last_checkpoint_step != progress.step:
+        save_checkpoint(accelerator, checkpoints_dir, progress, training.keep_last_checkpoints)
+    stopped_early = progress.step < total_steps
+    model_dir = output_dir / "model"
+    if not stopped_early:
+        _save_final_model(accelerator, model, feature_extractor, model_dir)
+
+    # Throughput after the first optimizer step of this session (the whole session if it had one step).
+    if measured_examples == 0 or measure_start is None:
+        measure_start, measured_examples = run_start, window_examples
+    seconds = max(end - measure_start, 1e-9)
+    ecg_per_second = measured_examples * accelerator.num_processes / seconds
+    peak_device = training.peak_tflops * 1e12 if training.peak_tflops else peak_flops_per_second(
+        accelerator.device, accelerator.mixed_precision
+    )
+    achieved = flops_per_example * ecg_per_second if flops_per_example else None
+    memory, memory_kind = peak_memory_bytes(accelerator.device)
+    from accelerate.utils import DistributedType, gather_object
+
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    replicas = gather_object([{
+        "rank": accelerator.process_index,
+        "world_size": accelerator.num_processes,
+        "weights_sha256": None if sharded else _weights_digest(unwrapped),
+    }])
+    if not sharded and len({replica["weights_sha256"] for replica in replicas}) > 1:
+        raise RuntimeError(f"the data-parallel replicas ended with different weights: {replicas}")
+    summary = {
+        "steps": progress.step,
+        "total_steps": total_steps,
+        "examples": progress.examples * accelerator.num_processes,
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": str(accelerator.mixed_precision),
+        "elapsed_seconds": end - run_start,
+        "ecg_per_second": ecg_per_second,
+        "tokens_per_second": ecg_per_second * tokens_per_example
+        if tokens_per_example is not None and math.isfinite(tokens_per_example) else None,
+        "flops_per_example": flops_per_example,
+        "achieved_flops_per_second": achieved,
+        "mfu": model_flops_utilization(flops_per_example, ecg_per_second, peak_device, accelerator.num_processes)
+        if achieved and peak_device else None,
+        "peak_memory_bytes": memory,
+        "peak_memory_kind": memory_kind,
+        "final_loss": last_loss,
+        "stopped_early": stopped_early,
+        "model_dir": None if stopped_early else str(model_dir),
+        "progress": asdict(progress),
+        "replicas": replicas,
+    }
+    if accelerator.is_main_process:
+        write_json_atomic(output_dir / "summary.json", summary)
+        from rich.console import Console
+
+        Console().print(render_summary(summary))
+        if stopped_early:
+            accelerator.print(f"stopped after step {progress.step} of {total_steps}; continue with --resume")
+    accelerator.end_training()
+    return PretrainResult(summary=summary, model=unwrapped, feature_extractor=feature_extractor)
+
+
+def load_summary(output_dir: str | Path) -> dict[str, Any]:
+    """The ``summary.json`` of a finished run."""
+    return json.loads((Path(output_dir) / "summary.json").read_text(encoding="utf-8"))
