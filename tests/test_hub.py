@@ -702,6 +702,29 @@ def test_cli_reports_failures_with_a_message_and_exit_code(hub_server, tmp_path,
     assert "no config.json" in capsys.readouterr().err
 
 
+def test_import_ecg_hub_registers_every_family_with_the_auto_classes():
+    """After ``import ecg_hub`` every ecg-hub config type maps to a model and a feature extractor or
+    processor (what loading by repo id without remote code needs), and ``publish`` knows its family."""
+    from transformers import AutoModel
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    import ecg_hub  # noqa: F401
+    from ecg_hub.hub import FAMILY_BY_MODEL_TYPE
+
+    registered = {
+        t: c for t, c in CONFIG_MAPPING._extra_content.items() if c.__module__.startswith("ecg_hub.")
+    }
+    assert {"ecg_jepa", "etp", "ecg_resnet"} <= set(registered)
+    for model_type, config_class in registered.items():
+        assert model_type in FAMILY_BY_MODEL_TYPE, f"{model_type}: no model family (and card) for publishing"
+        assert config_class in AutoModel._model_mapping, f"{model_type}: not registered with AutoModel"
+        assert config_class in FEATURE_EXTRACTOR_MAPPING or config_class in PROCESSOR_MAPPING, (
+            f"{model_type}: no AutoFeatureExtractor / AutoProcessor registration"
+        )
+
+
 def test_list_checkpoints_names_family_and_a_real_input_preset(capsys):
     from ecg_hub.modeling.feature_extraction_ecg import PRESETS
 
