@@ -22,7 +22,7 @@ wander, powerline hum and muscle noise.
 Rhythms (separable by rate and regularity, so a tiny model can learn them):
   * ``SR`` sinus rhythm 62-98 bpm, ``SB`` sinus bradycardia 42-56 bpm, ``ST`` sinus tachycardia
     104-150 bpm: regular RR with respiratory sinus arrhythmia, P wave before every QRS;
-  * ``AF`` atrial fibrillation 60-150 bpm: irregularly irregular RR (coefficient of variation about
+  * ``AF`` atrial fibrillation 60-130 bpm: irregularly irregular RR (coefficient of variation about
     0.2), no P waves, 4-9 Hz fibrillatory waves strongest in V1 and the inferior leads.
 
 Reports name the rhythm and the rate measured from the simulated beats (e.g. "Sinus bradycardia at
@@ -61,7 +61,7 @@ HEART_RATE_RANGES: dict[str, tuple[float, float]] = {
     "SR": (62.0, 98.0),
     "SB": (42.0, 56.0),
     "ST": (104.0, 150.0),
-    "AF": (60.0, 150.0),
+    "AF": (60.0, 130.0),
 }
 
 # Dower et al. (1980) transform from the Frank vectorcardiogram (X left, Y inferior, Z posterior; mV)
@@ -137,7 +137,7 @@ def _beat_times(rhythm: str, target_rate: float, duration_s: float, rng: np.rand
         # Irregularly irregular: independent RR intervals, lognormal around the mean, with a 0.28 s
         # floor for the AV node's refractory period.
         rr = mean_rr * np.exp(rng.normal(0.0, 0.22, count) - 0.5 * 0.22**2)
-        rr = np.maximum(rr, 0.28)
+        rr = np.maximum(rr, 0.3)
     else:
         # Respiratory sinus arrhythmia: RR modulated at the breathing rate, plus a little jitter.
         breathing_hz = rng.uniform(0.15, 0.35)
