@@ -26,6 +26,7 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -420,7 +421,7 @@ def _architecture_markdown(model: Any) -> str:
 def _training_markdown(recipe_text: str | None) -> str:
     if recipe_text is None:
         return (
-            "The training recipe was not recorded with this checkpoint (no `recipe.yaml` next to the weights). "
+            "The training recipe was not recorded with this checkpoint (no `recipe.yaml` was published with it). "
             "The method's reference training setup is described above."
         )
     return (
@@ -617,12 +618,23 @@ def _load_checkpoint(model_dir: Path):
     return model, preprocessor, family
 
 
+def find_recipe(model_dir: str | os.PathLike) -> Path | None:
+    """The training recipe saved with a checkpoint: ``DIR/recipe.yaml``, or ``DIR/../recipe.yaml``
+    when ``DIR`` is the ``model`` folder of an ``ecg-hub pretrain`` output directory."""
+    model_dir = Path(model_dir)
+    candidates = [model_dir / "recipe.yaml"]
+    if model_dir.resolve().name == "model":
+        candidates.append(model_dir.resolve().parent / "recipe.yaml")
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def export_checkpoint(
     model_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
     repo_id: str,
     results: Mapping[str, Any] | None = None,
+    recipe: str | os.PathLike | None = None,
     license: str = "apache-2.0",
     base_model: str | None = None,
 ) -> list[str]:
@@ -634,9 +646,14 @@ def export_checkpoint(
     imports) and writes ``auto_map``. ``auto_map`` also gets every other Auto class registered for
     the config whose class lives in the copied files (e.g. ``AutoModel`` for a classifier).
 
+    The training recipe (``recipe``, else :func:`find_recipe`) is copied as ``recipe.yaml`` and
+    shown in the card. ``output_dir`` must be empty or absent.
+
     Returns the relative paths written, sorted.
     """
     model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise ValueError(f"export folder {output_dir} is not empty; everything in it would be published")
     model, preprocessor, family = _load_checkpoint(model_dir)
     config = model.config
 
@@ -672,9 +689,12 @@ def export_checkpoint(
         encoding="utf-8",
     )
 
-    recipe_path = model_dir / "recipe.yaml"
-    recipe_text = recipe_path.read_text(encoding="utf-8") if recipe_path.is_file() else None
-    if recipe_text is not None:
+    recipe_path = Path(recipe) if recipe is not None else find_recipe(model_dir)
+    recipe_text = None
+    if recipe_path is not None:
+        if not recipe_path.is_file():
+            raise ValueError(f"recipe {recipe_path}: no such file")
+        recipe_text = recipe_path.read_text(encoding="utf-8")
         shutil.copyfile(recipe_path, output_dir / "recipe.yaml")
     card = render_model_card(
         repo_id=repo_id,
@@ -727,6 +747,7 @@ def publish(
     repo_id: str,
     *,
     results: str | os.PathLike | None = None,
+    recipe: str | os.PathLike | None = None,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
@@ -743,6 +764,7 @@ def publish(
         repo_id: ``"org/name"``; the repo is created if needed.
         results: path of a results JSON written by ``ecg-hub evaluate`` for this checkpoint; its
             metrics become the card's ``model-index``.
+        recipe: the training recipe YAML to publish (default: found next to the checkpoint).
         private: create the repo private (ignored when the repo exists).
         revision: branch to commit to (created from ``main`` if missing). Defaults to ``main``.
         commit_message, license, base_model: commit summary, licence id, fine-tuned-from repo id.
@@ -762,12 +784,20 @@ def publish(
     if results is not None:
         results_dict = load_results(results)
         _check_results_match(results_dict, model_dir, repo_id, Path(results))
-    api = HfApi(endpoint=endpoint, token=token)
     branch = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", branch):
+        raise ValueError(f"revision {branch!r} looks like a commit id; publish commits to a branch name")
+    api = HfApi(endpoint=endpoint, token=token)
 
     with tempfile.TemporaryDirectory(prefix="ecg-hub-publish-") as staging:
         files = export_checkpoint(
-            model_dir, staging, repo_id=repo_id, results=results_dict, license=license, base_model=base_model
+            model_dir,
+            staging,
+            repo_id=repo_id,
+            results=results_dict,
+            recipe=recipe,
+            license=license,
+            base_model=base_model,
         )
         step = "creating the repo"
         head = None

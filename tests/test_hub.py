@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.hub
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "ecg-hub-test/ecg-jepa-tiny"
 ETP_REPO_ID = "ecg-hub-test/etp-tiny"  # an ECG-text model: a processor instead of a feature extractor
 ETP_TEXTS = ["sinus rhythm, normal axis", "atrial fibrillation with rapid ventricular response"]
@@ -132,15 +134,19 @@ def checkpoints(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the child processes use 1 thread too: identical float reductions
     try:
-        for name, seed in (("v1", 1), ("v2", 2)):
+        # v2 sits in the `ecg-hub pretrain` output layout: <run>/model + <run>/recipe.yaml.
+        for name, seed, model_dir in (("v1", 1, root / "v1"), ("v2", 2, root / "v2-run" / "model")):
             model = _tiny_jepa(seed)
-            dirs[name] = root / name
+            dirs[name] = model_dir
             model.save_pretrained(dirs[name])
             feature_extractor.save_pretrained(dirs[name])
             with torch.no_grad():
                 outputs[name] = {k: v for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
     finally:
         torch.set_num_threads(threads)
+    shutil.copyfile(
+        REPO_ROOT / "recipes" / "ecg_jepa" / "pretrain_tiny.yaml", root / "v2-run" / "recipe.yaml"
+    )
     results_path = root / "results.json"
     results_path.write_text(json.dumps(_results_document(dirs["v2"]), indent=2))
     return {
@@ -248,7 +254,10 @@ def test_each_publish_is_one_commit_with_weights_preprocessing_remote_code_and_c
         "modeling_ecg_jepa.py",
         "feature_extraction_ecg.py",
         "leads.py",
+        "recipe.yaml",  # found beside the pretraining output's model folder
     }
+    assert "recipe.yaml" not in v1.files  # v1 was saved without one
+    assert v2.files["recipe.yaml"] == (REPO_ROOT / "recipes" / "ecg_jepa" / "pretrain_tiny.yaml").read_bytes()
     config = json.loads(v2.files["config.json"])
     assert config["model_type"] == "ecg_jepa" and config["architectures"] == ["EcgJepaModel"]
     assert config["auto_map"]["AutoConfig"] == "configuration_ecg_jepa.EcgJepaConfig"
@@ -314,6 +323,7 @@ def test_model_card_parses_and_its_metrics_equal_the_results_json(published, che
     assert "| linear-probe | 100% | test | 42 | 0.8732 [0.8610, 0.8850]" in card.text
     assert "| linear-probe | 10% | test | 42, 43, 44 | 0.8012 ± 0.0123" in card.text
     assert 'AutoModel.from_pretrained("ecg-hub-test/ecg-jepa-tiny", trust_remote_code=True' in card.text
+    assert "_component_: ecg_hub.modeling.modeling_ecg_jepa.EcgJepaForPreTraining" in card.text  # the recipe
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,6 +631,8 @@ def test_publish_refuses_a_checkpoint_without_its_feature_extractor(hub_server, 
     _tiny_jepa(0).save_pretrained(model_dir)
     with pytest.raises(ValueError, match="no preprocessor_config.json or processor_config.json"):
         publish(model_dir, "ecg-hub-test/never-created")
+    with pytest.raises(ValueError, match="looks like a commit id; publish commits to a branch name"):
+        publish(checkpoints["dirs"]["v1"], "ecg-hub-test/never-created", revision="a" * 40)
     assert ("model", "ecg-hub-test/never-created") not in hub_server.state.repos
 
 

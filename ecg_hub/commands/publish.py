@@ -34,6 +34,12 @@ def register(subparsers) -> None:
         "--results", type=Path, default=None, help="results JSON written by `ecg-hub evaluate`"
     )
     parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=None,
+        help="training recipe YAML (default: DIR/recipe.yaml, DIR/../recipe.yaml)",
+    )
+    parser.add_argument(
         "--license", default="apache-2.0", help="Hub licence id of the weights (default apache-2.0)"
     )
     parser.add_argument("--base-model", default=None, help="repo id this checkpoint was fine-tuned from")
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             args.dir,
             args.repo_id,
             results=args.results,
+            recipe=args.recipe,
             private=args.private,
             revision=args.revision,
             commit_message=args.message,
