@@ -24,6 +24,15 @@ from ecg_hub.modeling import STANDARD_LEADS, EcgFeatureExtractor
 CLASSES = ["I_HIGH", "II_HIGH", "III_HIGH"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def toy_dataset(num_records=90, seed=0, num_samples=600, sampling_rate=100):
     """Contract-format dataset (signal mV, sampling_rate, leads, record_id, split, a
     Sequence(ClassLabel) column) whose class c has a large 5-Hz oscillation on lead c."""
@@ -270,7 +279,6 @@ def test_evaluate_cli_finetune_protocol_random_init(tmp_path):
         "--finetune-arg", "num_train_epochs=2", "--finetune-arg", "per_device_train_batch_size=8",
         "--finetune-arg", "learning_rate=1e-3", "--out", str(out),
     ]
-    torch.set_num_threads(1)
     assert _run_cli(argv) == 0
     document = json.loads(out.read_text())
     assert document["init"] == "random"
@@ -278,3 +286,21 @@ def test_evaluate_cli_finetune_protocol_random_init(tmp_path):
     assert entry["protocol"] == "finetune" and entry["seeds"] == [42] and entry["runs"][0]["epochs"] == 2.0
     assert 0.0 <= entry["metrics"]["macro_auroc"] <= 1.0 and "metrics_ci95" not in entry
     assert (tmp_path / "work" / "finetune-f1-s42").is_dir()
+
+
+def test_quickstart_pretrains_then_probes(tmp_path, capsys):
+    from ecg_hub.commands import quickstart
+
+    parser = argparse.ArgumentParser(prog="ecg-hub")
+    quickstart.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["quickstart", "--out", str(tmp_path / "qs"), "--num-records", "60", "--steps", "2", "--fractions", "1"]
+    )
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "linear probe on rhythm" in printed and "results_pretrained.json" in printed.replace("\n", "")
+    for init in ("random", "pretrained"):
+        document = json.loads((tmp_path / "qs" / f"results_{init}.json").read_text())
+        assert document["init"] == init and document["dataset"]["label_set"] == "rhythm"
+        assert document["model"] == str(tmp_path / "qs" / "pretrain" / "model")
+        assert 0.0 <= document["results"][0]["metrics"]["macro_auroc"] <= 1.0

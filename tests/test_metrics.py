@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from ecg_hub.evaluation.fractions import num_records_for_fraction, sample_label_fraction
 from ecg_hub.evaluation.metrics import (
@@ -109,8 +109,8 @@ def test_fast_bootstrap_kernels_equal_sklearn_and_ci_brackets_point():
             average_precision_score(y_true[:, c], y_score[:, c])
         )
     point = classification_metrics(y_true, y_score)
-    ci = bootstrap_confidence_intervals(y_true, y_score, num_resamples=200, seed=0)
-    assert ci == bootstrap_confidence_intervals(y_true, y_score, num_resamples=200, seed=0)
+    ci = bootstrap_confidence_intervals(y_true, y_score, num_resamples=100, seed=0)
+    assert ci == bootstrap_confidence_intervals(y_true, y_score, num_resamples=100, seed=0)
     for name in ("macro_auroc", "macro_auprc", "fmax"):
         low, high = ci[name]
         assert low < point[name] < high and high - low < 0.2
@@ -118,8 +118,13 @@ def test_fast_bootstrap_kernels_equal_sklearn_and_ci_brackets_point():
 
 def test_val_tuned_f1_thresholds():
     y_true, y_score = _fixed_example()
-    thresholds = tune_f1_thresholds(y_true, y_score)
+    grid = np.linspace(0, 1, 21)
+    thresholds = tune_f1_thresholds(y_true, y_score, thresholds=grid)
     assert thresholds.shape == (5,)
+    for c in range(5):  # each threshold maximises scikit-learn's F1 of its class over the grid
+        f1s = [f1_score(y_true[:, c], y_score[:, c] >= t, zero_division=0) for t in grid]
+        assert f1_score(y_true[:, c], y_score[:, c] >= thresholds[c], zero_division=0) == pytest.approx(max(f1s))
+    thresholds = tune_f1_thresholds(y_true, y_score)
     tuned = macro_f1_at(y_true, y_score, thresholds)
     assert tuned >= macro_f1_at(y_true, y_score, np.full(5, 0.5)) - 1e-12
 
