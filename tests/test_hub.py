@@ -78,44 +78,21 @@ def _tiny_jepa(seed: int):
     return EcgJepaModel(config).eval()
 
 
-def _results_document(model_dir: Path) -> dict:
-    """A results JSON in the exact layout `ecg-hub evaluate` writes (evaluation/protocol.py)."""
-    classes = ["NORM", "MI", "STTC", "CD", "HYP"]
-    return {
-        "ecg_hub_version": "0.1.0",
-        "model": str(model_dir),
-        "init": "pretrained",
-        "dataset": {
-            "name": "ptbxl",
-            "path": "../shared/data/ptbxl",
-            "label_set": "superclass",
-            "class_names": classes,
-        },
-        "results": [
-            {
-                "protocol": "linear-probe",
-                "fraction": 1.0,
-                "split": "test",
-                "seeds": [42],
-                "metrics": {"macro_auroc": 0.8731942, "macro_auprc": 0.6123456, "fmax": 0.7012345},
-                "metrics_std": {"macro_auroc": 0.0, "macro_auprc": 0.0, "fmax": 0.0},
-                "per_class_auroc": dict(zip(classes, [0.91, 0.88, 0.87, 0.86, 0.84], strict=True)),
-                "metrics_ci95": {"macro_auroc": [0.861, 0.885]},
-                "excluded_classes": [],
-                "seconds": 12.5,
-            },
-            {
-                "protocol": "linear-probe",
-                "fraction": 0.1,
-                "split": "test",
-                "seeds": [42, 43, 44],
-                "metrics": {"macro_auroc": 0.8012, "macro_auprc": 0.5234, "fmax": 0.6543},
-                "metrics_std": {"macro_auroc": 0.0123, "macro_auprc": 0.0101, "fmax": 0.0099},
-                "per_class_auroc": dict(zip(classes, [0.85, 0.80, 0.79, 0.78, 0.77], strict=True)),
-                "excluded_classes": [],
-            },
-        ],
-    }
+def _evaluate(model_dir: Path, data_dir: Path, results_path: Path) -> None:
+    """A real `ecg-hub evaluate` run (linear probe, two label fractions) writing the results JSON."""
+    from ecg_hub.evaluation.linear_probe import LinearProbeConfig
+    from ecg_hub.evaluation.protocol import EvaluationSettings, evaluate_model
+
+    settings = EvaluationSettings(
+        protocols=["linear-probe"],
+        fractions=[0.5, 1.0],
+        seeds=[1, 2],
+        bootstrap=20,
+        probe=LinearProbeConfig(max_epochs=5),
+    )
+    evaluate_model(
+        str(model_dir), str(data_dir), "rhythm", settings, output_json=results_path, dataset_name="synthetic"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +124,13 @@ def checkpoints(tmp_path_factory):
     shutil.copyfile(
         REPO_ROOT / "recipes" / "ecg_jepa" / "pretrain_tiny.yaml", root / "v2-run" / "recipe.yaml"
     )
+    # The card's numbers come from evaluating v2 on synthetic 12-lead ECGs (2 s at 250 Hz).
+    from ecg_hub.data.synthetic import make_synthetic_dataset
+
+    dataset = make_synthetic_dataset(num_records=60, seed=0, sampling_rate=250, duration_s=2.0)
+    dataset.save_to_disk(str(root / "data"))
     results_path = root / "results.json"
-    results_path.write_text(json.dumps(_results_document(dirs["v2"]), indent=2))
+    _evaluate(dirs["v2"], root / "data", results_path)
     return {
         "dirs": dirs,
         "outputs": outputs,
@@ -298,8 +280,8 @@ def test_model_card_parses_and_its_metrics_equal_the_results_json(published, che
     assert parsed == expected
     for result in card.data.eval_results:
         assert (result.dataset_type, result.dataset_config, result.dataset_split) == (
-            "ptbxl",
-            "superclass",
+            "synthetic",
+            "rhythm",
             "test",
         )
         entry = next(
@@ -320,8 +302,12 @@ def test_model_card_parses_and_its_metrics_equal_the_results_json(published, che
     # The rest of the contract: what it is, paper, limits, licence, the numbers' table.
     assert "not a medical device" in card.text and "arXiv:2410.08559" in card.text
     assert "@article{kim2024ecgjepa" in card.text
-    assert "| linear-probe | 100% | test | 42 | 0.8732 [0.8610, 0.8850]" in card.text
-    assert "| linear-probe | 10% | test | 42, 43, 44 | 0.8012 ± 0.0123" in card.text
+    half, full = results["results"]  # fractions 0.5 (seeds 1, 2) and 1.0 (seed 1, with a bootstrap CI)
+    low, high = full["metrics_ci95"]["macro_auroc"]
+    row = f"| linear-probe | 100% | test | 1 | {full['metrics']['macro_auroc']:.4f} [{low:.4f}, {high:.4f}]"
+    assert row in card.text
+    mean, std = half["metrics"]["macro_auroc"], half["metrics_std"]["macro_auroc"]
+    assert f"| linear-probe | 50% | test | 1, 2 | {mean:.4f} ± {std:.4f}" in card.text
     assert 'AutoModel.from_pretrained("ecg-hub-test/ecg-jepa-tiny", trust_remote_code=True' in card.text
     assert "_component_: ecg_hub.modeling.modeling_ecg_jepa.EcgJepaForPreTraining" in card.text  # the recipe
 
@@ -639,11 +625,12 @@ def test_publish_refuses_a_checkpoint_without_its_feature_extractor(hub_server, 
 def test_publish_refuses_results_of_another_model_or_malformed_results(hub_server, checkpoints, tmp_path):
     from ecg_hub.hub import publish
 
-    other = _results_document(checkpoints["dirs"]["v1"])  # evaluated v1, publishing v2
+    other = json.loads(checkpoints["results_path"].read_text())
+    other["model"] = str(checkpoints["dirs"]["v1"])  # as if v1 had been evaluated, publishing v2
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="field 'model'"):
         publish(checkpoints["dirs"]["v2"], "ecg-hub-test/never-created", results=tmp_path / "other.json")
-    broken = _results_document(checkpoints["dirs"]["v2"])
+    broken = json.loads(checkpoints["results_path"].read_text())
     broken["results"][1]["metrics"]["fmax"] = "0.65"
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match=r"results\[1\]\.metrics\.fmax.*must be a number"):
