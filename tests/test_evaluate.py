@@ -304,3 +304,43 @@ def test_quickstart_pretrains_then_probes(tmp_path, capsys):
         assert document["init"] == init and document["dataset"]["label_set"] == "rhythm"
         assert document["model"] == str(tmp_path / "qs" / "pretrain" / "model")
         assert 0.0 <= document["results"][0]["metrics"]["macro_auroc"] <= 1.0
+
+
+def test_zero_shot_plugs_into_etp_model_and_processor():
+    """A (tiny, random) ETP dual encoder + EtpProcessor: scores are the cosines of its own embeddings."""
+    from transformers import BertConfig
+
+    from ecg_hub.data.text_collators import train_report_tokenizer
+    from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
+    from ecg_hub.modeling.configuration_etp import EtpConfig
+    from ecg_hub.modeling.modeling_etp import EtpModel
+    from ecg_hub.modeling.processing_etp import EtpProcessor
+
+    prompts = {"I_HIGH": ["oscillation in lead one", "lead one"], "II_HIGH": "lead two", "III_HIGH": "lead three"}
+    tokenizer = train_report_tokenizer(["oscillation in lead one two three"] * 3, vocab_size=60)
+    torch.manual_seed(0)
+    config = EtpConfig(
+        ecg_config=EcgResNetConfig(hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8, sampling_rate=100, num_samples=500),
+        text_config=BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32),
+        projection_dim=8, text_projection_hidden_dim=8, text_pooling="mean",
+    )
+    model = EtpModel(config).eval()
+    processor = EtpProcessor(tiny_feature_extractor(), tokenizer, max_text_length=16)
+    dataset = toy_dataset(12)
+    metrics = zero_shot_evaluate(model=model, processor=processor, dataset=dataset, label_column="toy",
+                                 class_prompts=prompts, return_scores=True, batch_size=5)
+    with torch.no_grad():
+        ecg = processor(ecg=list(dataset), return_tensors="pt")
+        ecg_embeds = torch.nn.functional.normalize(
+            model.get_ecg_features(ecg["input_values"], ecg_attention_mask=ecg["ecg_attention_mask"]).pooler_output, dim=-1
+        )
+        classes = []
+        for name in CLASSES:
+            texts = prompts[name] if isinstance(prompts[name], list) else [prompts[name]]
+            tokens = processor(text=texts, return_tensors="pt")
+            text = model.get_text_features(tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+            classes.append(torch.nn.functional.normalize(torch.nn.functional.normalize(text, dim=-1).mean(0), dim=-1))
+    expected = (ecg_embeds @ torch.stack(classes).T).numpy()
+    np.testing.assert_allclose(metrics["scores"], expected, atol=1e-5)
+    assert set(metrics) >= {"macro_auroc", "macro_auprc", "fmax", "per_class_auroc"}

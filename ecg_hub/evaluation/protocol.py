@@ -66,7 +66,8 @@ class EvaluationSettings:
         feature_extractor_preset: use this preset instead of the checkpoint's saved extractor.
         batch_size: feature-extraction batch size.
         probe: linear-probe optimisation settings.
-        finetune: ``TrainingArguments`` overrides for the fine-tune protocol (v5 names).
+        finetune: ``TrainingArguments`` overrides for the fine-tune protocol (v5 names), plus
+            ``early_stopping_patience`` and ``warmup_epochs``.
         prompts: zero-shot ``{class: prompt(s)}``.
         zero_shot_scoring: ``"cosine"`` (primary) or ``"softmax"``.
         bootstrap: bootstrap resamples for the 95 % intervals (0: off).
@@ -101,7 +102,7 @@ class EvaluationSettings:
         if self.finetune:
             from ecg_hub.training.finetune import FIXED_TRAINING_ARGUMENTS, _training_argument_names
 
-            known = _training_argument_names()
+            known = _training_argument_names() | {"early_stopping_patience", "warmup_epochs"}
             for key in self.finetune:
                 if key in FIXED_TRAINING_ARGUMENTS or key not in known:
                     raise ValueError(

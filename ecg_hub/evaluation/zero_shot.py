@@ -88,7 +88,11 @@ def _accepted(method, inputs: Mapping) -> dict:
 
 
 def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length: int = 128) -> ScoreFn:
-    """A ``score_fn`` from a CLIP-style ECG-text model and its processor (see the module docstring)."""
+    """A ``score_fn`` from a CLIP-style ECG-text model and its processor (see the module docstring).
+
+    Prompts are tokenised with ``processor.tokenizer`` (lower-cased when the processor's
+    ``lowercase_text`` is set; truncated to its ``max_text_length``, else ``max_text_length``);
+    ECGs go through ``processor.feature_extractor`` with its deterministic crop."""
     from ecg_hub.data.collators import EcgCollator
 
     if scoring not in ("cosine", "softmax"):
@@ -109,7 +113,10 @@ def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length
         key = tuple(tuple(p) for p in class_prompts)
         if key not in text_cache:
             flat = [prompt for prompts in class_prompts for prompt in prompts]
-            tokens = tokenizer(flat, padding=True, truncation=True, max_length=max_text_length, return_tensors="pt")
+            if getattr(processor, "lowercase_text", False):  # e.g. EtpProcessor(lowercase_text=True)
+                flat = [prompt.lower() for prompt in flat]
+            length = getattr(processor, "max_text_length", max_text_length)
+            tokens = tokenizer(flat, padding=True, truncation=True, max_length=length, return_tensors="pt")
             tokens = {k: v.to(device) for k, v in tokens.items()}
             text = torch.nn.functional.normalize(
                 _embedding(model.get_text_features(**_accepted(model.get_text_features, tokens))).float(), dim=-1
