@@ -66,12 +66,17 @@ class EtpConfig(PreTrainedConfig):
             or ``"mean"`` (masked mean over tokens, as sentence-transformers models).
         freeze_text_layers: number of bottom text-encoder layers (plus the embeddings) kept frozen
             during pretraining (MERL/ETP design: 6). ``0`` trains everything; ``-1`` freezes the whole
-            text tower (MERL's code runs the text encoder under ``no_grad``).
+            text tower (MERL's code runs the text encoder under ``no_grad``); a fully frozen tower
+            also runs without dropout (a fixed feature map, as in LiT).
         temperature: initial (or fixed) softmax temperature of the contrastive logits (CLIP: 0.07).
         learnable_temperature: learn ``logit_scale = log(1 / temperature)`` (CLIP) or keep it fixed
             (MERL's fixed tau = 0.07).
         max_logit_scale: the learned scale ``exp(logit_scale)`` is clamped to at most this (CLIP: 100).
         initializer_range: std of the normal init of the projection layers.
+        cache_text_features: with a fully frozen text tower (``freeze_text_layers=-1``), memoise the
+            pooled text feature of every distinct token sequence (in memory, never saved). The frozen
+            tower is a fixed function (it runs without dropout), so this is exact; it makes epochs
+            after the first skip the text encoder, which dominates CPU pretraining cost.
     """
 
     model_type = "etp"
@@ -95,9 +100,15 @@ class EtpConfig(PreTrainedConfig):
     learnable_temperature: bool = True
     max_logit_scale: float = 100.0
     initializer_range: float = 0.02
+    cache_text_features: bool = False
 
     def validate_architecture(self):
         """Part of ``@strict`` validation."""
+        if self.cache_text_features and self.freeze_text_layers != -1:
+            raise ValueError(
+                "EtpConfig: cache_text_features needs a fully frozen text tower (freeze_text_layers=-1), "
+                f"got freeze_text_layers={self.freeze_text_layers}"
+            )
         if not 0.0 < self.temperature:
             raise ValueError(f"EtpConfig: temperature must be > 0, got {self.temperature}")
         if self.max_logit_scale < 1.0 / self.temperature:

@@ -192,7 +192,9 @@ class EtpPreTrainedModel(PreTrainedModel):
     """Base class of the ETP models: config class, input names and weight init."""
 
     config: EtpConfig
-    base_model_prefix = "etp"
+    # The ECG tower is the "base model": ``model.base_model`` is the encoder whose 512-d pooled
+    # output is the linear-probe feature (MERL's probe), and classifier checkpoints share its keys.
+    base_model_prefix = "ecg_encoder"
     main_input_name = "input_values"
     input_modalities = ("time", "text")
     supports_gradient_checkpointing = True
@@ -244,6 +246,8 @@ class EtpModel(EtpPreTrainedModel):
         text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
         # Share one config object between the composite and its towers, so edits stay in sync (as
         # VisionTextDualEncoder does).
+        if text_model.config._attn_implementation is None:
+            text_model.config._attn_implementation = "sdpa" if getattr(text_model, "_supports_sdpa", False) else "eager"
         config.text_config._attn_implementation = text_model.config._attn_implementation
         ecg_model.config = config.ecg_config
         text_model.config = config.text_config
@@ -270,6 +274,8 @@ class EtpModel(EtpPreTrainedModel):
         )
         self.post_init()
         self.apply_freezing()
+        # Pooled features of the frozen text tower by token sequence (config.cache_text_features).
+        self._text_feature_cache: dict[tuple, torch.Tensor] = {}
 
     # ---- construction helpers ---------------------------------------------------------------------
 
@@ -347,7 +353,10 @@ class EtpModel(EtpPreTrainedModel):
         if text_model_name_or_path is None:
             raise ValueError("from_ecg_text_pretrained needs text_model_name_or_path (a path or Hub id)")
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
+        # Building the composite config resets the sub-config's attention implementation: keep the loaded one.
+        text_attention = text_model.config._attn_implementation
         config = EtpConfig(ecg_config=ecg_model.config, text_config=text_model.config, **kwargs)
+        config.text_config._attn_implementation = text_attention
         logger.info("ETP projections and logit scale are newly initialised; pretrain before use.")
         return cls(config, ecg_model=ecg_model, text_model=text_model)
 
@@ -387,6 +396,45 @@ class EtpModel(EtpPreTrainedModel):
             hidden_states=ecg_output.hidden_states,
         )
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_text_layers == -1:
+            # A fully frozen text tower is a fixed feature map: no dropout in it while training.
+            self.text_model.eval()
+        # Cached text features belong to the weights at hand; a mode switch is when they may change
+        # (loading another checkpoint, a new training phase), so start afresh.
+        self._text_feature_cache = {}
+        return self
+
+    def _text_pooled(self, text_kwargs: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """``(text_output or None, pooled (batch, text_hidden))``, through the cache when enabled."""
+        use_cache = self.config.cache_text_features and "position_ids" not in text_kwargs
+        if not use_cache:
+            text_output = self.text_model(input_ids=input_ids, return_dict=True, **text_kwargs)
+            return text_output, self._pool_text(text_output, attention_mask)
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        token_types = text_kwargs.get("token_type_ids")
+        keys = []
+        for row in range(input_ids.shape[0]):
+            valid = mask[row].bool()
+            ids = tuple(input_ids[row][valid].tolist())
+            types = tuple(token_types[row][valid].tolist()) if token_types is not None else ()
+            keys.append((ids, types))
+        missing = sorted({i for i, key in enumerate(keys) if key not in self._text_feature_cache})
+        text_output = None
+        if missing:
+            index = torch.tensor(missing, device=input_ids.device)
+            sub_kwargs = {k: v.index_select(0, index) for k, v in text_kwargs.items() if v is not None}
+            with torch.no_grad():
+                text_output = self.text_model(input_ids=input_ids.index_select(0, index), return_dict=True, **sub_kwargs)
+                pooled = self._pool_text(text_output, sub_kwargs.get("attention_mask"))
+            for row, vector in zip(missing, pooled):
+                self._text_feature_cache[keys[row]] = vector.detach()
+            if len(missing) < input_ids.shape[0]:
+                text_output = None  # token states exist for the uncached rows only
+        pooled = torch.stack([self._text_feature_cache[key] for key in keys]).to(input_ids.device)
+        return text_output, pooled
+
     def _pool_text(self, text_output, attention_mask: torch.Tensor | None) -> torch.Tensor:
         pooling = self.config.text_pooling
         if pooling == "pooler":
@@ -417,17 +465,18 @@ class EtpModel(EtpPreTrainedModel):
 
         Returns:
             ``BaseModelOutputWithPooling``: ``pooler_output`` ``(batch, projection_dim)`` is the projected
-            (not yet normalised) embedding; ``last_hidden_state`` the text tower's token states.
+            (not yet normalised) embedding; ``last_hidden_state`` the text tower's token states (``None``
+            when ``config.cache_text_features`` served some rows from the cache).
         """
         text_kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None:
             text_kwargs["token_type_ids"] = token_type_ids
         if position_ids is not None:
             text_kwargs["position_ids"] = position_ids
-        text_output = self.text_model(input_ids=input_ids, return_dict=True, **text_kwargs)
+        text_output, pooled = self._text_pooled(text_kwargs, input_ids, attention_mask)
         return BaseModelOutputWithPooling(
-            last_hidden_state=text_output.last_hidden_state,
-            pooler_output=self.text_projection(self._pool_text(text_output, attention_mask)),
+            last_hidden_state=getattr(text_output, "last_hidden_state", None),
+            pooler_output=self.text_projection(pooled),
             hidden_states=getattr(text_output, "hidden_states", None),
             attentions=getattr(text_output, "attentions", None),
         )

