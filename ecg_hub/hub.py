@@ -96,6 +96,7 @@ _PRETTY_METRICS = {
     "micro_auroc": "Micro AUROC",
     "macro_auprc": "Macro AUPRC",
     "fmax": "Fmax",
+    "macro_f1": "Macro F1",
 }
 _TASK_TYPE_BY_PROTOCOL = {"zero-shot": "zero-shot-ecg-classification"}
 
@@ -296,6 +297,18 @@ def _results_markdown(results: Mapping[str, Any] | None) -> str:
         + (f" ({len(dataset['class_names'])} classes)" if dataset.get("class_names") else "")
         + ". Values are the mean over seeds, ± the standard deviation where several seeds ran, "
         "[95 % bootstrap interval] where one seed ran.",
+    ]
+    if isinstance(dataset.get("split_records"), dict):
+        lines[0] += (
+            " Records per split: " + ", ".join(f"{k} {v}" for k, v in dataset["split_records"].items()) + "."
+        )
+    if isinstance(dataset.get("split_sha256"), dict):
+        lines[0] += (
+            " Split fingerprints (SHA-256 of the sorted record ids): "
+            + ", ".join(f"{k} `{str(v)[:16]}…`" for k, v in dataset["split_sha256"].items())
+            + "."
+        )
+    lines += [
         "",
         "| Protocol | Labels used | Split | Seeds | "
         + " | ".join(_PRETTY_METRICS.get(m, m) for m in metric_names)

@@ -308,6 +308,11 @@ def test_model_card_parses_and_its_metrics_equal_the_results_json(published, che
     assert row in card.text
     mean, std = half["metrics"]["macro_auroc"], half["metrics_std"]["macro_auroc"]
     assert f"| linear-probe | 50% | test | 1, 2 | {mean:.4f} ± {std:.4f}" in card.text
+    split = results["dataset"]
+    assert (
+        f"test {split['split_records']['test']}" in card.text
+        and split["split_sha256"]["test"][:16] in card.text
+    )
     assert 'AutoModel.from_pretrained("ecg-hub-test/ecg-jepa-tiny", trust_remote_code=True' in card.text
     assert "_component_: ecg_hub.modeling.modeling_ecg_jepa.EcgJepaForPreTraining" in card.text  # the recipe
 
