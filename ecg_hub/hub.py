@@ -539,7 +539,19 @@ def _check_remote_code_imports(folder: Path) -> list[str]:
     needed: dict[str, str] = {}
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        # Optional imports (inside `try:` or `if TYPE_CHECKING:`) are not requirements, as in
+        # transformers' own `check_imports`.
+        optional = {
+            id(inner)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.Try)
+            or (isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test))
+            for statement in block.body
+            for inner in ast.walk(statement)
+        }
         for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -646,7 +646,9 @@ def test_publish_refuses_results_of_another_model_or_malformed_results(hub_serve
 def test_remote_code_may_only_import_what_a_plain_transformers_install_has(tmp_path):
     from ecg_hub.hub import _check_remote_code_imports
 
-    (tmp_path / "modeling_x.py").write_text("import torch\nfrom .leads import STANDARD_LEADS\nimport json\n")
+    (tmp_path / "modeling_x.py").write_text(
+        "import torch\nfrom .leads import STANDARD_LEADS\nimport json\ntry:\n    import flash_attn\nexcept ImportError:\n    pass\n"
+    )
     assert _check_remote_code_imports(tmp_path) == ["torch>=2.4"]
     (tmp_path / "modeling_y.py").write_text("from ecg_hub.data import records\n")
     with pytest.raises(ValueError, match="modeling_y.py imports 'ecg_hub.data'"):
