@@ -259,7 +259,7 @@ def synthesize_ecg(
     # rotate the whole dipole about Z to get it, and about Y (moves the precordial transition zone).
     category = rng.random()
     if category < 0.85:
-        axis_target = rng.uniform(-20.0, 80.0)
+        axis_target = float(np.clip(rng.normal(50.0, 25.0), -25.0, 88.0))  # adults: mean about +50 degrees
     elif category < 0.925:
         axis_target = rng.uniform(-75.0, -35.0)
     else:
