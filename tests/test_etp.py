@@ -287,3 +287,52 @@ def test_pair_collator_batches_ecg_and_reports(report_tokenizer):
     rows[1]["report"] = "   "
     with pytest.raises(ValueError, match="record r1: field 'report'"):
         EcgTextCollator(processor)(rows)
+
+
+SYNTHETIC_PROMPTS = {
+    "SR": "normal sinus rhythm",
+    "SB": "sinus bradycardia, slow heart rate",
+    "ST": "sinus tachycardia, fast heart rate",
+    "AF": "atrial fibrillation, irregular rhythm",
+}
+
+
+def test_zero_shot_after_short_cpu_pretraining_on_synthetic_reports(tmp_path):
+    """recipes/etp/pretrain_synthetic_tiny.yaml through the pretraining engine (~30 s on one core), then
+    zero-shot rhythm classification of the held-out test records from class prompts alone."""
+    from transformers import pipeline
+
+    from ecg_hub.evaluation.zero_shot import zero_shot_evaluate
+    from ecg_hub.recipe import instantiate, load_recipe
+    from ecg_hub.training.pretrain import pretrain
+
+    recipe = load_recipe(
+        "recipes/etp/pretrain_synthetic_tiny.yaml",
+        overrides=[f"output_dir={tmp_path / 'run'}", "training.progress_bar=false"],
+    )
+    result = pretrain(recipe)
+    model_dir = result.summary["model_dir"]
+    model = AutoModel.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    assert isinstance(model, EtpModel) and isinstance(processor, EtpProcessor)
+
+    dataset = instantiate(recipe.dataset)
+    test = dataset.select([i for i, split in enumerate(dataset["split"]) if split == "test"])
+    assert len(test) >= 40 and set(test["record_id"]).isdisjoint(
+        r for r, s in zip(dataset["record_id"], dataset["split"]) if s == "train"
+    )
+    metrics = zero_shot_evaluate(
+        model=model, processor=processor, dataset=test, class_prompts=SYNTHETIC_PROMPTS,
+        label_column="rhythm", scoring="cosine", return_scores=True,
+    )
+    assert metrics["macro_auroc"] >= 0.8, metrics["per_class_auroc"]
+
+    # The pipeline scores the same records the same way (one template "{}": the prompts as they are).
+    classifier = pipeline("zero-shot-ecg-classification", model=model_dir)
+    labels = list(SYNTHETIC_PROMPTS)
+    rows = [test[i] for i in range(4)]
+    outputs = classifier(rows, candidate_labels=labels, class_descriptions=SYNTHETIC_PROMPTS,
+                         prompt_templates=["{}"], function_to_apply="none")
+    for row_scores, expected in zip(outputs, metrics["scores"][:4]):
+        by_label = {item["label"]: item["score"] for item in row_scores}
+        np.testing.assert_allclose([by_label[label] for label in labels], expected, atol=1e-5)
