@@ -154,6 +154,8 @@ class TrainingSettings:
         resume_from_checkpoint: ``latest`` (the newest under ``<output_dir>/checkpoints``) or a
             checkpoint folder.
         peak_tflops: peak dense TFLOP/s of one device for MFU, where the built-in table has none.
+        flop_count_micro_batches: micro-batches (per process) whose FLOPs are counted for MFU; the
+            throughput is measured after them (counting slows a step down).
         progress_bar: show the tqdm bar on the main process.
     """
 
@@ -170,6 +172,7 @@ class TrainingSettings:
     stop_after_steps: int | None = None
     resume_from_checkpoint: str | None = None
     peak_tflops: float | None = None
+    flop_count_micro_batches: int = 4
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -413,7 +416,9 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
 
     The summary holds ``steps``, ``examples`` (ECGs, all processes), ``elapsed_seconds``,
     ``ecg_per_second`` and ``tokens_per_second`` (all processes, measured after the first
-    optimizer step), ``flops_per_example`` (counted on the first micro-batch: forward + backward),
+    optimizer steps that follow the FLOP counting), ``flops_per_example`` (forward + backward,
+    counted on the first ``training.flop_count_micro_batches`` micro-batches of every process and
+    averaged: masks change the work per step),
     ``achieved_flops_per_second``, ``mfu`` (``None`` when the device peak is unknown),
     ``peak_memory_bytes``, ``final_loss``, ``stopped_early``, ``model_dir`` and ``replicas``: one
     ``{"rank", "world_size", "weights_sha256"}`` per process (data-parallel runs stop with an error
@@ -513,7 +518,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         dynamic_ncols=True,
     )
 
-    flops_per_example: float | None = None
+    flop_samples: list[tuple[int, int]] = []  # (FLOPs, ECGs) of the counted micro-batches
     tokens_per_example: float | None = None
     window_loss = torch.zeros((), device=accelerator.device)
     window_micro_batches = 0
@@ -521,6 +526,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     window_start = time.perf_counter()
     measure_start: float | None = None
     measured_examples = 0
+    session_examples = 0
     last_loss: float | None = None
     grad_norm: torch.Tensor | float | None = None
     step_lr = float("nan")
@@ -537,7 +543,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
             if forward_keys is None or key in forward_keys
         }
         local_examples = int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
-        count_flops = flops_per_example is None
+        count_flops = len(flop_samples) < training.flop_count_micro_batches
         if tokens_per_example is None:
             tokens = _tokens_in_batch(unwrapped, batch)
             tokens_per_example = tokens / local_examples if tokens is not None else float("nan")
@@ -552,7 +558,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
             finally:
                 if counter is not None:
                     counter.__exit__(None, None, None)
-                    flops_per_example = counter.total / local_examples
+                    flop_samples.append((counter.total, local_examples))
             if accelerator.sync_gradients and training.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
             optimizer.step()
@@ -566,6 +572,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         window_micro_batches += 1
         window_examples += local_examples
         progress.examples += local_examples
+        session_examples += local_examples
         if measure_start is not None:
             measured_examples += local_examples
         if not accelerator.sync_gradients:
@@ -575,7 +582,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         step = progress.step
         # 0-based index of the optimizer step just taken (the official ECG-JEPA momentum schedule).
         extra = post_step(step - 1, total_steps) if post_step is not None else {}
-        if measure_start is None:  # steady-state throughput starts after the first (warm-up) step
+        if measure_start is None and not count_flops:
+            # Steady-state throughput: after the warm-up step(s) and the (slower) counted ones.
             if accelerator.device.type == "cuda":
                 torch.cuda.synchronize()
             measure_start = time.perf_counter()
@@ -616,8 +624,12 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         _save_final_model(accelerator, model, feature_extractor, model_dir)
 
     # Throughput after the first optimizer step of this session (the whole session if it had one step).
-    if measured_examples == 0 or measure_start is None:
-        measure_start, measured_examples = run_start, window_examples
+    if measured_examples == 0 or measure_start is None:  # too short a run: the whole session
+        measure_start, measured_examples = run_start, session_examples
+    counted = torch.tensor([float(sum(f for f, _ in flop_samples)), float(sum(n for _, n in flop_samples))],
+                           dtype=torch.float64, device=accelerator.device)
+    counted = accelerator.reduce(counted, reduction="sum").tolist()
+    flops_per_example = counted[0] / counted[1] if counted[1] > 0 and counted[0] > 0 else None
     seconds = max(end - measure_start, 1e-9)
     ecg_per_second = measured_examples * accelerator.num_processes / seconds
     peak_device = training.peak_tflops * 1e12 if training.peak_tflops else peak_flops_per_second(
