@@ -119,9 +119,9 @@ def bench_layouts(dataset_dir: Path, label: str) -> None:
 def bench_loader(dataset_dirs: dict[str, Path], quick: bool) -> None:
     import datasets
     import torch
+    from ecg_hub.modeling import EcgFeatureExtractor
 
     from ecg_hub.data.collators import EcgCollator
-    from ecg_hub.modeling import EcgFeatureExtractor
 
     torch.set_num_threads(1)
     rows = []

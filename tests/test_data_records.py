@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import wfdb
+from ecg_hub.modeling.leads import STANDARD_LEADS
 
 from ecg_hub.data.records import (
     SignalChecks,
@@ -19,7 +20,6 @@ from ecg_hub.data.records import (
     validate_signal,
 )
 from ecg_hub.data.synthetic import synthesize_ecg
-from ecg_hub.modeling.leads import STANDARD_LEADS
 
 
 def _write_wfdb(directory, name, signal_mv, fs=500, leads=STANDARD_LEADS, units="mV", fmt="16"):
@@ -177,9 +177,11 @@ def test_wrong_sampling_rate(tmp_path, ecg):
 
 def test_missing_sampling_rate(tmp_path, ecg):
     path = _write_wfdb(tmp_path, "nofs", ecg.signal)
-    header = open(path + ".hea").read().splitlines()
+    with open(path + ".hea") as handle:
+        header = handle.read().splitlines()
     header[0] = "nofs 12"  # record line without frequency: wfdb would silently assume 250 Hz
-    open(path + ".hea", "w").write("\n".join(header) + "\n")
+    with open(path + ".hea", "w") as handle:
+        handle.write("\n".join(header) + "\n")
     with pytest.raises(ValueError) as error:
         read_wfdb_record(path)
     _assert_names(error, "nofs", "sampling_rate", "missing", "expected e.g. 'NAME 12 500 5000'")

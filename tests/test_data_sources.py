@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import wfdb
+from ecg_hub.modeling.leads import STANDARD_LEADS
 
 from ecg_hub.cli import main as cli_main
 from ecg_hub.data import (
@@ -20,7 +21,6 @@ from ecg_hub.data import (
     split_dataset,
     synthesize_ecg,
 )
-from ecg_hub.modeling.leads import STANDARD_LEADS
 
 
 def _by_id(ds):
@@ -42,7 +42,7 @@ def test_cinc_records_labels_and_skips(cinc, shared_data):
     scored = label_names(ds, "dx_scored")
     assert len(scored) == 26 and {"AF", "CRBBB", "IAVB", "NSR", "PVC", "SB", "STach"} <= set(scored)
     rows = _by_id(ds)
-    names = lambda row, col: sorted(label_names(ds, col)[i] for i in row[col])  # noqa: E731
+    names = lambda row, col: sorted(label_names(ds, col)[i] for i in row[col])
     assert names(rows["A0001"], "dx") == ["59118001"]
     assert names(rows["A0001"], "dx_scored") == ["CRBBB"]  # 59118001 (RBBB) is scored as CRBBB
     assert names(rows["JS00001"], "dx_scored") == ["AF", "CRBBB", "TAb"]

@@ -8,10 +8,17 @@ import datasets
 import neurokit2 as nk
 import numpy as np
 import pytest
+from ecg_hub.modeling.leads import STANDARD_LEADS
 
 from ecg_hub.cli import main as cli_main
-from ecg_hub.data import RHYTHMS, label_names, make_synthetic_dataset, multi_hot, split_dataset, synthesize_ecg
-from ecg_hub.modeling.leads import STANDARD_LEADS
+from ecg_hub.data import (
+    RHYTHMS,
+    label_names,
+    make_synthetic_dataset,
+    multi_hot,
+    split_dataset,
+    synthesize_ecg,
+)
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ def _show(args: argparse.Namespace) -> int:
     for column in label_columns(dataset):
         names = label_names(dataset, column)
         title_parts.append(f"{column}: {', '.join(names[int(i)] for i in row[column]) or '-'}")
-    if "report" in row and row["report"]:
+    if row.get("report"):
         title_parts.append(str(row["report"])[:160])
     path = plot_ecg(row["signal"], int(row["sampling_rate"]), [str(x) for x in row["leads"]], args.plot, title="  |  ".join(title_parts))
     print(f"plot of record {row['record_id']} written to {path}")

@@ -87,10 +87,10 @@ class PrepareSummary:
     def format(self, max_skipped: int = 10) -> str:
         """Plain-text summary: records, splits, sampling rates, label counts, skipped records."""
         lines = [
-            f"{self.source}: {self.num_records} records written to {self.out_dir}, {self.num_skipped} skipped "
-            f"({self.elapsed_s:.1f} s, {self.records_per_s:.0f} records/s)",
-            f"signal: {self.signal_storage}; samples per record {self.num_samples_min}-{self.num_samples_max}; "
-            f"sampling rates (Hz: records) {self.sampling_rates}",
+            (f"{self.source}: {self.num_records} records written to {self.out_dir}, {self.num_skipped} skipped "
+             f"({self.elapsed_s:.1f} s, {self.records_per_s:.0f} records/s)"),
+            (f"signal: {self.signal_storage}; samples per record {self.num_samples_min}-{self.num_samples_max}; "
+             f"sampling rates (Hz: records) {self.sampling_rates}"),
         ]
         if self.split_counts:
             lines.append("splits: " + ", ".join(f"{name} {count}" for name, count in self.split_counts.items()))

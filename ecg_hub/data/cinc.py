@@ -25,6 +25,7 @@ the source has no patient id), for quick experiments, not a benchmark split.
 from __future__ import annotations
 
 import glob
+import math
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -113,7 +114,7 @@ def _age(value: Any) -> float | None:
         age = float(value)
     except (TypeError, ValueError):
         return None
-    return None if age != age or age < 0 else age
+    return None if math.isnan(age) or age < 0 else age
 
 
 def _sex(value: Any) -> str | None:

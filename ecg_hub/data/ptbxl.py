@@ -30,7 +30,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 

@@ -370,8 +370,7 @@ def read_wfdb_record(
     import wfdb
 
     record_path = os.fspath(record_path)
-    if record_path.endswith(".hea"):
-        record_path = record_path[:-4]
+    record_path = record_path.removesuffix(".hea")
     record_id = record_id or os.path.basename(record_path)
     header_file = _header_path(record_path)
     if not os.path.exists(header_file):
