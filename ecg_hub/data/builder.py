@@ -317,7 +317,14 @@ def build_dataset(
         info = datasets.DatasetInfo(description=description, citation=citation, license=license, homepage=homepage, features=features)
         dataset = datasets.Dataset.from_file(arrow_path, info=info)
         final_tmp = os.path.join(work_dir, "dataset")
-        dataset.save_to_disk(final_tmp)
+        # Our own bar already covered the records; datasets' "Saving the dataset" bar would repeat it.
+        bars_were_on = datasets.utils.are_progress_bars_disabled() is False
+        datasets.utils.disable_progress_bars()
+        try:
+            dataset.save_to_disk(final_tmp)
+        finally:
+            if bars_were_on:
+                datasets.utils.enable_progress_bars()
         del dataset
         summary.elapsed_s = time.perf_counter() - start
         with open(os.path.join(final_tmp, SUMMARY_FILE), "w") as handle:
