@@ -38,6 +38,39 @@ class EcgResNetModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+@torch.no_grad()
+def average_batchnorm_statistics(module: nn.Module) -> int:
+    """Average BatchNorm running means and variances over the processes of the default group.
+
+    DistributedDataParallel broadcasts buffers from rank 0 *before* each forward, so after the last
+    step every process holds running statistics updated with its own micro-batch only, and the
+    replicas differ. Averaging after each optimizer step keeps them identical and uses every
+    process's batches (SyncBatchNorm would too, but it does not run on the CPU). A no-op without a
+    process group. Returns the number of buffers averaged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 0
+    buffers = [
+        buffer
+        for norm in module.modules()
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
+        for buffer in (norm.running_mean, norm.running_var)
+        if buffer is not None
+    ]
+    if not buffers:
+        return 0
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for buffer in buffers:
+        buffer.copy_(flat[offset : offset + buffer.numel()].view_as(buffer))
+        offset += buffer.numel()
+    return len(buffers)
+
+
 class EcgResNetBasicBlock(nn.Module):
     """Two 3-tap convolutions with BatchNorm and an identity or 1x1-conv shortcut (expansion 1)."""
 
@@ -284,4 +317,5 @@ __all__ = [
     "EcgResNetModel",
     "EcgResNetModelOutput",
     "EcgResNetPreTrainedModel",
+    "average_batchnorm_statistics",
 ]

@@ -30,7 +30,7 @@ from transformers.utils import logging
 
 from .configuration_ecg_resnet import EcgResNetConfig
 from .configuration_etp import DEFAULT_TEXT_MODEL, EtpConfig
-from .modeling_ecg_resnet import EcgResNetModel
+from .modeling_ecg_resnet import EcgResNetModel, average_batchnorm_statistics
 
 logger = logging.get_logger(__name__)
 
@@ -489,11 +489,14 @@ class EtpModel(EtpPreTrainedModel):
 
     @torch.no_grad()
     def post_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """Called by the pretraining loop after each optimizer step: clamp the learned scale (open_clip).
+        """Called by the pretraining loop after each optimizer step: clamp the learned scale (open_clip)
+        and, under data parallelism, average the ECG tower's BatchNorm statistics over the processes
+        (so the replicas stay identical; see ``average_batchnorm_statistics``).
 
         Returns the values to log: ``{"logit_scale": exp(logit_scale)}``.
         """
         self.logit_scale.clamp_(0.0, math.log(self.config.max_logit_scale))
+        average_batchnorm_statistics(self.ecg_encoder)
         return {"logit_scale": float(self.logit_scale.exp())}
 
     # ---- forward ----------------------------------------------------------------------------------

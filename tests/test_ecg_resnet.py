@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
+from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetForSequenceClassification, EcgResNetModel
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 import ecg_hub  # noqa: F401  (registers the Auto classes)
-from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
-from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetForSequenceClassification, EcgResNetModel
 
 
 @pytest.fixture(autouse=True, scope="module")

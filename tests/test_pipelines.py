@@ -5,11 +5,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, pipeline
-from transformers.pipelines import PIPELINE_REGISTRY
-
-import ecg_hub  # noqa: F401  (registers models, processors and the pipelines)
-from ecg_hub.data.text_collators import train_report_tokenizer
 from ecg_hub.modeling import EcgFeatureExtractor
 from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
 from ecg_hub.modeling.configuration_etp import EtpConfig
@@ -17,6 +12,11 @@ from ecg_hub.modeling.leads import STANDARD_LEADS
 from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetModel
 from ecg_hub.modeling.modeling_etp import EtpModel
 from ecg_hub.modeling.processing_etp import EtpProcessor
+from transformers import BertConfig, pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+import ecg_hub  # noqa: F401  (registers models, processors and the pipelines)
+from ecg_hub.data.text_collators import train_report_tokenizer
 from ecg_hub.pipelines import (
     DEFAULT_PROMPT_TEMPLATES,
     EcgFeatureExtractionPipeline,
