@@ -113,7 +113,7 @@ _FLOAT_RE = re.compile(
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
-    re.X,
+    re.VERBOSE,
 )
 _RecipeLoader.yaml_implicit_resolvers = {
     key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
@@ -124,7 +124,7 @@ _RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("
 
 def _yaml_load(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_RecipeLoader)
     except yaml.YAMLError as error:
         raise RecipeError(f"{source}: not valid YAML: {error}") from None
 
@@ -149,8 +149,12 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     for candidate in (base / path, base / f"{path}.yaml"):
         if candidate.is_file():
             return candidate
-    known = sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml") if "accelerate" not in p.parts)
-    raise RecipeError(f"recipe {str(name_or_path)!r} not found (neither a file nor a packaged recipe; packaged: {known})")
+    known = sorted(
+        str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml") if "accelerate" not in p.parts
+    )
+    raise RecipeError(
+        f"recipe {str(name_or_path)!r} not found (neither a file nor a packaged recipe; packaged: {known})"
+    )
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -355,7 +359,9 @@ def validate_component(node: Mapping, key: str, source: str, provided: Iterable[
                     f"(parameters: {sorted(named)})"
                 )
             if arg in provided:
-                raise RecipeError(f"{source}: key '{key}.{arg}' is set by the recipe itself; remove it from the file")
+                raise RecipeError(
+                    f"{source}: key '{key}.{arg}' is set by the recipe itself; remove it from the file"
+                )
         missing = [
             name
             for name, p in params.items()
@@ -413,7 +419,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str, provided: Mapping[str, I
                 return _coerce(value, option, key, source, provided)
             except RecipeError as error:
                 errors.append(str(error).removeprefix(f"{source}: "))
-        raise RecipeError(f"{source}: '{key}': {value!r} is not a valid {_type_name(tp)} ({'; '.join(errors)})")
+        raise RecipeError(
+            f"{source}: '{key}': {value!r} is not a valid {_type_name(tp)} ({'; '.join(errors)})"
+        )
     if value is None:
         raise RecipeError(f"{source}: '{key}' must not be null (expected {_type_name(tp)})")
     if origin is Literal:
@@ -460,7 +468,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str, provided: Mapping[str, I
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise RecipeError(f"{source}: '{key}' must have {len(args)} items, got {len(value)}")
-            items = [_coerce(v, a, f"{key}.{i}", source, provided) for i, (v, a) in enumerate(zip(value, args))]
+            items = [
+                _coerce(v, a, f"{key}.{i}", source, provided) for i, (v, a) in enumerate(zip(value, args))
+            ]
         else:
             item_tp = args[0] if args else Any
             items = [_coerce(v, item_tp, f"{key}.{i}", source, provided) for i, v in enumerate(value)]
@@ -478,7 +488,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str, provided: Mapping[str, I
     return value
 
 
-def _to_dataclass(cls: type, data: Mapping, prefix: str, source: str, provided: Mapping[str, Iterable[str]]) -> Any:
+def _to_dataclass(
+    cls: type, data: Mapping, prefix: str, source: str, provided: Mapping[str, Iterable[str]]
+) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
@@ -557,7 +569,11 @@ def load_recipe(
     hints = typing.get_type_hints(schema)
     if SCHEMA_KEY in hints and SCHEMA_KEY not in data:
         data[SCHEMA_KEY] = next(
-            (name for name, dotted in RECIPE_SCHEMAS.items() if dotted == f"{schema.__module__}.{schema.__qualname__}"),
+            (
+                name
+                for name, dotted in RECIPE_SCHEMAS.items()
+                if dotted == f"{schema.__module__}.{schema.__qualname__}"
+            ),
             f"{schema.__module__}.{schema.__qualname__}",
         )
     provided = getattr(schema, "PROVIDED_KWARGS", {})
@@ -589,7 +605,7 @@ def flatten_recipe(recipe: Any, prefix: str = "") -> dict[str, int | float | str
     """``{"training.max_steps": 10, ...}`` with lists as strings: the form trackers accept as hparams."""
     out: dict[str, Any] = {}
     data = recipe_to_dict(recipe)
-    for key, value in (data.items() if isinstance(data, dict) else []):
+    for key, value in data.items() if isinstance(data, dict) else []:
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten_recipe(value, name + "."))
@@ -616,14 +632,14 @@ def validate_accelerate_config(path: str | Path) -> Any:
     except (ValueError, TypeError) as error:
         raise RecipeError(f"{path}: invalid Accelerate config: {error}") from None
     options = {
-        option.lstrip("-")
-        for action in launch_command_parser()._actions
-        for option in action.option_strings
+        option.lstrip("-") for action in launch_command_parser()._actions for option in action.option_strings
     }
     for section in ("fsdp_config",):
         for key in getattr(config, section) or {}:
             if key not in options:
-                raise RecipeError(f"{path}: unknown key '{section}.{key}' (not an `accelerate launch` option)")
+                raise RecipeError(
+                    f"{path}: unknown key '{section}.{key}' (not an `accelerate launch` option)"
+                )
     return config
 
 

@@ -52,7 +52,11 @@ def test_every_yaml_under_recipes_is_valid(path):
 def test_pretrain_recipes_keep_the_papers_hyper_parameters():
     base = load_recipe("ecg_jepa/pretrain_base")
     config = base.model["config"]
-    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (768, 12, 16)
+    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (
+        768,
+        12,
+        16,
+    )
     assert (config["predictor_hidden_size"], config["predictor_num_hidden_layers"]) == (384, 6)
     assert (config["ema_momentum_start"], config["ema_momentum_end"]) == (0.996, 1.0)
     assert base.optimizer["lr"] == 5.5e-5 and base.optimizer["weight_decay"] == 0.05
@@ -139,10 +143,13 @@ def test_instantiate_builds_nested_components_and_partials():
         "_partial_": False,
     }
     assert type(instantiate(node)).__name__ == "Sequential"
-    scheduler_factory = instantiate({"_component_": "ecg_hub.training.optim.build_lr_scheduler", "_partial_": True,
-                                     "name": "constant"})
+    scheduler_factory = instantiate(
+        {"_component_": "ecg_hub.training.optim.build_lr_scheduler", "_partial_": True, "name": "constant"}
+    )
     assert isinstance(scheduler_factory, functools.partial)
-    recipe = load_recipe(TINY, ["model.config.hidden_size=32", "model.config.num_attention_heads=2"], schema=PretrainRecipe)
+    recipe = load_recipe(
+        TINY, ["model.config.hidden_size=32", "model.config.num_attention_heads=2"], schema=PretrainRecipe
+    )
     model = instantiate(recipe.model)
     assert type(model).__name__ == "EcgJepaForPreTraining" and model.config.hidden_size == 32
     feature_extractor = instantiate(recipe.feature_extractor)
@@ -152,7 +159,10 @@ def test_instantiate_builds_nested_components_and_partials():
 def test_cli_prints_the_resolved_recipe_and_rejects_unknown_keys(capsys):
     from ecg_hub.cli import main
 
-    assert main(["pretrain", "ecg_jepa/pretrain_tiny", "training.max_steps=3", "--resume", "--print-recipe"]) == 0
+    assert (
+        main(["pretrain", "ecg_jepa/pretrain_tiny", "training.max_steps=3", "--resume", "--print-recipe"])
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["training"]["max_steps"] == 3
     assert printed["training"]["resume_from_checkpoint"] == "latest"

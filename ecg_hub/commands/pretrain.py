@@ -28,7 +28,9 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("recipe", help="recipe YAML file or packaged recipe name (e.g. ecg_jepa/pretrain_tiny)")
+    parser.add_argument(
+        "recipe", help="recipe YAML file or packaged recipe name (e.g. ecg_jepa/pretrain_tiny)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
     parser.add_argument(
         "--resume",

@@ -35,13 +35,15 @@ _CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 @dataclass
 class TrainingProgress:
     """Where the loop stands. ``batch_in_epoch`` counts this process's micro-batches consumed in
-    ``epoch``; ``examples`` counts this process's ECGs."""
+    ``epoch``; ``examples`` counts this process's ECGs; ``total_steps`` is the length of the run
+    that the schedules (learning rate, EMA momentum) were built for."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
     examples: int = 0
     num_processes: int = 1
+    total_steps: int | None = None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -70,7 +72,9 @@ def find_latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
-def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: TrainingProgress, keep_last: int | None) -> Path:
+def save_checkpoint(
+    accelerator, checkpoints_dir: str | Path, progress: TrainingProgress, keep_last: int | None
+) -> Path:
     """Save the full training state at ``progress.step`` (call on every process) and keep only the
     newest ``keep_last`` checkpoints (``None``: keep all)."""
     checkpoints_dir = Path(checkpoints_dir)
@@ -119,5 +123,7 @@ def load_checkpoint(accelerator, checkpoint: str | Path) -> TrainingProgress:
     rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
     states = accelerate_load(rng_file) if rng_file.is_file() else None
     if states is None or not torch.equal(states["torch_manual_seed"], torch.get_rng_state()):
-        raise RuntimeError(f"checkpoint {checkpoint}: the random-number states of process {accelerator.process_index} were not restored")
+        raise RuntimeError(
+            f"checkpoint {checkpoint}: the random-number states of process {accelerator.process_index} were not restored"
+        )
     return progress

@@ -122,7 +122,9 @@ class EpochBatchSampler:
             order = torch.arange(self.num_examples)
         for position in range(self.start_batch, len(self)):
             global_batch = position * self.num_replicas + self.rank
-            indices = _BatchIndices(order[global_batch * self.batch_size : (global_batch + 1) * self.batch_size].tolist())
+            indices = _BatchIndices(
+                order[global_batch * self.batch_size : (global_batch + 1) * self.batch_size].tolist()
+            )
             indices.seed = batch_seed(self.seed, self.epoch, global_batch)
             yield indices
 
@@ -230,7 +232,9 @@ class TrainDataLoader:
     ``start_batch`` on. ``batches_per_epoch`` is ``None`` for iterable datasets (unknown length).
     """
 
-    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler | None, iterable: _BatchedIterable | None):
+    def __init__(
+        self, loader: DataLoader, sampler: EpochBatchSampler | None, iterable: _BatchedIterable | None
+    ):
         self.loader = loader
         self.sampler = sampler
         self.iterable = iterable
@@ -303,7 +307,9 @@ def build_train_dataloader(
     return TrainDataLoader(loader, None, iterable)
 
 
-def load_or_prepare(path: str, prepare: Callable[..., Any] | None = None, out_dir_argument: str = "out_dir") -> Any:
+def load_or_prepare(
+    path: str, prepare: Callable[..., Any] | None = None, out_dir_argument: str = "out_dir"
+) -> Any:
     """``datasets.load_from_disk(path)`` (memory-mapped Arrow), preparing the dataset first if the
     folder does not exist yet.
 
@@ -323,6 +329,8 @@ def load_or_prepare(path: str, prepare: Callable[..., Any] | None = None, out_di
     with PartialState().main_process_first():
         if not target.exists():
             if prepare is None:
-                raise FileNotFoundError(f"dataset folder {target} does not exist and the recipe gives no 'prepare' step")
+                raise FileNotFoundError(
+                    f"dataset folder {target} does not exist and the recipe gives no 'prepare' step"
+                )
             prepare(**{out_dir_argument: str(target)})
     return datasets.load_from_disk(str(target))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch.utils import flop_counter
@@ -109,11 +109,11 @@ class FlopCounter:
         self._mode = flop_counter.FlopCounterMode(display=False)
         self.total: int | None = None
 
-    def __enter__(self) -> FlopCounter:
+    def __enter__(self) -> Self:
         self._mode.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._mode.__exit__(*exc)
         self.total = int(self._mode.get_total_flops())
 

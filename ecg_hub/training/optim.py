@@ -111,4 +111,3 @@ def build_lr_scheduler(
         num_training_steps=num_training_steps,
         scheduler_specific_kwargs=scheduler_specific_kwargs or None,
     )
-

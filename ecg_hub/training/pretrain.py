@@ -24,8 +24,8 @@ Features
   step (warmup + cosine through ``transformers.get_scheduler``). Gradient accumulation
   (``accelerator.accumulate``), clipping (``max_grad_norm``), bf16 / fp16 autocast
   (``mixed_precision``; bf16 works on CPU too).
-- **Checkpoints and resume.** ``accelerator.save_state`` every ``checkpoint_every_steps``, at
-  ``stop_after_steps`` and at the end, into ``<output_dir>/checkpoints/step_<N>`` (the newest
+- **Checkpoints and resume.** ``accelerator.save_state`` every ``checkpoint_every_steps``, when
+  ``stop_after_steps`` steps of the session are done, and at the end, into ``<output_dir>/checkpoints/step_<N>`` (the newest
   ``keep_last_checkpoints`` are kept), with EMA targets, optimizer, scheduler, random states and
   the data position. ``resume_from_checkpoint: latest`` (CLI ``--resume``) continues to the same
   weights as an uninterrupted run: the epoch's permutation is a function of ``(seed, epoch)``, the
@@ -60,9 +60,21 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import torch
 
 from ..recipe import Component, dump_recipe, flatten_recipe, instantiate
-from .checkpointing import TrainingProgress, find_latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
-from .data import build_train_dataloader, is_iterable_dataset
-from .metrics import FlopCounter, model_flops_utilization, peak_flops_per_second, peak_memory_bytes, render_summary
+from .checkpointing import (
+    TrainingProgress,
+    find_latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .data import build_train_dataloader
+from .metrics import (
+    FlopCounter,
+    model_flops_utilization,
+    peak_flops_per_second,
+    peak_memory_bytes,
+    render_summary,
+)
 from .optim import DEFAULT_NO_DECAY_NAMES, build_param_groups
 
 __all__ = [
@@ -149,8 +161,9 @@ class TrainingSettings:
         log_every_steps: optimizer steps between logged (process-averaged) losses.
         checkpoint_every_steps: optimizer steps between checkpoints (``null``: only at the end).
         keep_last_checkpoints: how many checkpoints to keep (``null``: all).
-        stop_after_steps: save a checkpoint and stop after this many optimizer steps, without
-            changing the schedule (for time-limited jobs; continue with ``--resume``).
+        stop_after_steps: save a checkpoint and stop after this many optimizer steps of this
+            session, without changing the schedule (for time-limited jobs: rerun the same command
+            with ``--resume`` to do the next ones).
         resume_from_checkpoint: ``latest`` (the newest under ``<output_dir>/checkpoints``) or a
             checkpoint folder.
         peak_tflops: peak dense TFLOP/s of one device for MFU, where the built-in table has none.
@@ -178,8 +191,14 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         if self.max_steps is None and self.num_epochs is None:
             raise ValueError("set training.max_steps or training.num_epochs")
-        for name in ("max_steps", "gradient_accumulation_steps", "log_every_steps", "checkpoint_every_steps",
-                     "keep_last_checkpoints", "stop_after_steps"):
+        for name in (
+            "max_steps",
+            "gradient_accumulation_steps",
+            "log_every_steps",
+            "checkpoint_every_steps",
+            "keep_last_checkpoints",
+            "stop_after_steps",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {value}")
@@ -253,7 +272,9 @@ def _make_accelerator(recipe: PretrainRecipe):
         mixed_precision=recipe.training.mixed_precision,
         gradient_accumulation_steps=recipe.training.gradient_accumulation_steps,
         log_with=list(recipe.tracking.log_with) or None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
         # The schedule is stepped by hand, once per optimizer step: Accelerate would otherwise
         # step it num_processes times per optimizer step.
         step_scheduler_with_optimizer=False,
@@ -278,12 +299,16 @@ def _load_dataset(recipe: PretrainRecipe):
     split = recipe.data.split
     if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split is None or split not in dataset:
-            raise ValueError(f"dataset: a DatasetDict with splits {list(dataset)}; set data.split to one of them")
+            raise ValueError(
+                f"dataset: a DatasetDict with splits {list(dataset)}; set data.split to one of them"
+            )
         dataset = dataset[split]
     elif split is not None:
         names = getattr(dataset, "column_names", None) or []
         if "split" not in names:
-            raise ValueError(f"dataset: data.split is {split!r} but the dataset has no 'split' column; set data.split: null")
+            raise ValueError(
+                f"dataset: data.split is {split!r} but the dataset has no 'split' column; set data.split: null"
+            )
         if isinstance(dataset, datasets.Dataset):
             # Row indices from the Arrow column, kept in memory (a few MB for 800 k records): unlike
             # Dataset.filter this writes no cache file into the (possibly shared, read-only) dataset folder.
@@ -346,7 +371,9 @@ def _total_steps(recipe: PretrainRecipe, batches_per_epoch: int | None) -> int:
     if training.max_steps is not None:
         return training.max_steps
     if batches_per_epoch is None:
-        raise ValueError("training.max_steps is required with a streamed (iterable) dataset: its length is unknown")
+        raise ValueError(
+            "training.max_steps is required with a streamed (iterable) dataset: its length is unknown"
+        )
     return max(1, math.ceil(training.num_epochs * batches_per_epoch / training.gradient_accumulation_steps))
 
 
@@ -361,7 +388,9 @@ def _micro_batches(loader, progress: TrainingProgress):
             progress.batch_in_epoch += 1
             yield batch
         if empty and start == 0:
-            raise ValueError(f"epoch {progress.epoch} produced no batch: the dataset is smaller than one batch")
+            raise ValueError(
+                f"epoch {progress.epoch} produced no batch: the dataset is smaller than one batch"
+            )
         progress.epoch += 1
         progress.batch_in_epoch = 0
 
@@ -486,9 +515,16 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
 
     # Each process draws its own masks / drop-path (seed + rank); a resume restores these streams.
     set_seed(recipe.seed, device_specific=True)
-    progress = TrainingProgress(num_processes=accelerator.num_processes)
+    progress = TrainingProgress(num_processes=accelerator.num_processes, total_steps=total_steps)
     if resume_from is not None:
         progress = load_checkpoint(accelerator, resume_from)
+        if progress.total_steps not in (None, total_steps):
+            # The schedules are functions of total_steps: a different length would not continue the run.
+            raise ValueError(
+                f"checkpoint {resume_from} belongs to a run of {progress.total_steps} optimizer steps but this recipe "
+                f"gives {total_steps}; resume with the run's length (e.g. training.max_steps={progress.total_steps})"
+            )
+        progress.total_steps = total_steps
         accelerator.print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch})")
 
     if accelerator.is_main_process:
@@ -508,7 +544,9 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     )
 
     start_step = progress.step
-    stop_at = min(total_steps, training.stop_after_steps or total_steps)
+    stop_at = (
+        min(total_steps, start_step + training.stop_after_steps) if training.stop_after_steps else total_steps
+    )
     bar = tqdm(
         total=total_steps,
         initial=start_step,
@@ -554,6 +592,11 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
                 counter.__enter__()
             try:
                 loss = model(**batch).loss
+                if loss is None:
+                    raise ValueError(
+                        f"{type(unwrapped).__name__}.forward returned no loss: the pretraining loop needs "
+                        "a model that computes its own loss"
+                    )
                 accelerator.backward(loss)
             finally:
                 if counter is not None:
@@ -596,8 +639,12 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
             now = time.perf_counter()
             ecg_per_second = window_examples * accelerator.num_processes / max(now - window_start, 1e-9)
             lr = step_lr
-            logs = {"train/loss": mean_loss, "train/lr": lr, "train/ecg_per_second": ecg_per_second,
-                    "train/epoch": progress.epoch}
+            logs = {
+                "train/loss": mean_loss,
+                "train/lr": lr,
+                "train/ecg_per_second": ecg_per_second,
+                "train/epoch": progress.epoch,
+            }
             if grad_norm is not None:
                 logs["train/grad_norm"] = float(grad_norm)
             logs.update({f"train/{key}": float(value) for key, value in (extra or {}).items()})
@@ -608,7 +655,9 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
             window_micro_batches = window_examples = 0
             window_start = now
 
-        if (training.checkpoint_every_steps and step % training.checkpoint_every_steps == 0) or step == stop_at:
+        if (
+            training.checkpoint_every_steps and step % training.checkpoint_every_steps == 0
+        ) or step == stop_at:
             save_checkpoint(accelerator, checkpoints_dir, progress, training.keep_last_checkpoints)
             last_checkpoint_step = step
     bar.close()
@@ -626,25 +675,34 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     # Throughput after the first optimizer step of this session (the whole session if it had one step).
     if measured_examples == 0 or measure_start is None:  # too short a run: the whole session
         measure_start, measured_examples = run_start, session_examples
-    counted = torch.tensor([float(sum(f for f, _ in flop_samples)), float(sum(n for _, n in flop_samples))],
-                           dtype=torch.float64, device=accelerator.device)
+    counted = torch.tensor(
+        [float(sum(f for f, _ in flop_samples)), float(sum(n for _, n in flop_samples))],
+        dtype=torch.float64,
+        device=accelerator.device,
+    )
     counted = accelerator.reduce(counted, reduction="sum").tolist()
     flops_per_example = counted[0] / counted[1] if counted[1] > 0 and counted[0] > 0 else None
     seconds = max(end - measure_start, 1e-9)
     ecg_per_second = measured_examples * accelerator.num_processes / seconds
-    peak_device = training.peak_tflops * 1e12 if training.peak_tflops else peak_flops_per_second(
-        accelerator.device, accelerator.mixed_precision
+    peak_device = (
+        training.peak_tflops * 1e12
+        if training.peak_tflops
+        else peak_flops_per_second(accelerator.device, accelerator.mixed_precision)
     )
     achieved = flops_per_example * ecg_per_second if flops_per_example else None
     memory, memory_kind = peak_memory_bytes(accelerator.device)
     from accelerate.utils import DistributedType, gather_object
 
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    replicas = gather_object([{
-        "rank": accelerator.process_index,
-        "world_size": accelerator.num_processes,
-        "weights_sha256": None if sharded else _weights_digest(unwrapped),
-    }])
+    replicas = gather_object(
+        [
+            {
+                "rank": accelerator.process_index,
+                "world_size": accelerator.num_processes,
+                "weights_sha256": None if sharded else _weights_digest(unwrapped),
+            }
+        ]
+    )
     if not sharded and len({replica["weights_sha256"] for replica in replicas}) > 1:
         raise RuntimeError(f"the data-parallel replicas ended with different weights: {replicas}")
     summary = {
@@ -657,11 +715,15 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         "elapsed_seconds": end - run_start,
         "ecg_per_second": ecg_per_second,
         "tokens_per_second": ecg_per_second * tokens_per_example
-        if tokens_per_example is not None and math.isfinite(tokens_per_example) else None,
+        if tokens_per_example is not None and math.isfinite(tokens_per_example)
+        else None,
         "flops_per_example": flops_per_example,
         "achieved_flops_per_second": achieved,
-        "mfu": model_flops_utilization(flops_per_example, ecg_per_second, peak_device, accelerator.num_processes)
-        if achieved and peak_device else None,
+        "mfu": model_flops_utilization(
+            flops_per_example, ecg_per_second, peak_device, accelerator.num_processes
+        )
+        if achieved and peak_device
+        else None,
         "peak_memory_bytes": memory,
         "peak_memory_kind": memory_kind,
         "final_loss": last_loss,
