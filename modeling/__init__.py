@@ -5,6 +5,8 @@ each family's files can also be published as Hub remote code.
 """
 
 from .configuration_ecg_jepa import EcgJepaConfig
+from .configuration_ecg_resnet import EcgResNetConfig
+from .configuration_etp import EtpConfig
 from .feature_extraction_ecg import EcgFeatureExtractor
 from .leads import STANDARD_LEADS, canonical_lead_name, canonicalize_leads, derive_limb_leads
 from .modeling_ecg_jepa import (
@@ -13,15 +15,25 @@ from .modeling_ecg_jepa import (
     EcgJepaModel,
     EcgJepaPreTrainedModel,
 )
+from .modeling_ecg_resnet import EcgResNetForSequenceClassification, EcgResNetModel
+from .modeling_etp import EtpForSequenceClassification, EtpModel
+from .processing_etp import EtpProcessor
 
 __all__ = [
     "STANDARD_LEADS",
+    "EcgFeatureExtractor",
     "EcgJepaConfig",
     "EcgJepaForPreTraining",
     "EcgJepaForSequenceClassification",
     "EcgJepaModel",
     "EcgJepaPreTrainedModel",
-    "EcgFeatureExtractor",
+    "EcgResNetConfig",
+    "EcgResNetForSequenceClassification",
+    "EcgResNetModel",
+    "EtpConfig",
+    "EtpForSequenceClassification",
+    "EtpModel",
+    "EtpProcessor",
     "canonical_lead_name",
     "canonicalize_leads",
     "derive_limb_leads",
@@ -41,23 +53,23 @@ def register_all() -> None:
     if _REGISTERED:
         return
     _REGISTERED = True
-    # Each model family registers its classes here.
-
-    # ETP family (EcgResNet ECG tower, ETP dual encoder, EtpProcessor).
     from transformers import (
         AutoConfig,
         AutoFeatureExtractor,
         AutoModel,
+        AutoModelForPreTraining,
         AutoModelForSequenceClassification,
         AutoProcessor,
     )
 
-    from .configuration_ecg_resnet import EcgResNetConfig
-    from .configuration_etp import EtpConfig
-    from .modeling_ecg_resnet import EcgResNetForSequenceClassification, EcgResNetModel
-    from .modeling_etp import EtpForSequenceClassification, EtpModel
-    from .processing_etp import EtpProcessor
+    # ECG-JEPA: encoder, JEPA pretraining, classifier; the ECG-JEPA feature-extractor preset.
+    AutoConfig.register("ecg_jepa", EcgJepaConfig, exist_ok=True)
+    AutoModel.register(EcgJepaConfig, EcgJepaModel, exist_ok=True)
+    AutoModelForPreTraining.register(EcgJepaConfig, EcgJepaForPreTraining, exist_ok=True)
+    AutoModelForSequenceClassification.register(EcgJepaConfig, EcgJepaForSequenceClassification, exist_ok=True)
+    AutoFeatureExtractor.register(EcgJepaConfig, EcgFeatureExtractor, exist_ok=True)
 
+    # ETP: the ResNet18-1D ECG tower on its own, the ECG-text dual encoder and its processor.
     AutoConfig.register("ecg_resnet", EcgResNetConfig, exist_ok=True)
     AutoModel.register(EcgResNetConfig, EcgResNetModel, exist_ok=True)
     AutoModelForSequenceClassification.register(EcgResNetConfig, EcgResNetForSequenceClassification, exist_ok=True)
@@ -67,12 +79,3 @@ def register_all() -> None:
     AutoModelForSequenceClassification.register(EtpConfig, EtpForSequenceClassification, exist_ok=True)
     AutoFeatureExtractor.register(EtpConfig, EcgFeatureExtractor, exist_ok=True)
     AutoProcessor.register(EtpConfig, EtpProcessor, exist_ok=True)
-
-    # ECG-JEPA family (issue 3).
-    from transformers import AutoModelForPreTraining
-
-    AutoConfig.register("ecg_jepa", EcgJepaConfig, exist_ok=True)
-    AutoModel.register(EcgJepaConfig, EcgJepaModel, exist_ok=True)
-    AutoModelForPreTraining.register(EcgJepaConfig, EcgJepaForPreTraining, exist_ok=True)
-    AutoModelForSequenceClassification.register(EcgJepaConfig, EcgJepaForSequenceClassification, exist_ok=True)
-    AutoFeatureExtractor.register(EcgJepaConfig, EcgFeatureExtractor, exist_ok=True)

@@ -3,7 +3,6 @@
 Imports torch-free transformers / huggingface_hub only, so it can travel as Hub remote code.
 """
 
-from __future__ import annotations
 
 from typing import Literal
 
@@ -113,7 +112,7 @@ class EcgResNetConfig(PreTrainedConfig):
         return stride
 
     @classmethod
-    def from_depth(cls, name: str, **kwargs) -> EcgResNetConfig:
+    def from_depth(cls, name: str, **kwargs) -> "EcgResNetConfig":
         """Standard variants by name: ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"``."""
         if name not in RESNET_DEPTHS:
             raise ValueError(f"Unknown ResNet variant {name!r}; expected one of {sorted(RESNET_DEPTHS)}")

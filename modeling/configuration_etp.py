@@ -7,7 +7,6 @@ projections and a symmetric InfoNCE loss.
 Imports torch-free transformers / huggingface_hub only (Hub remote-code bundle).
 """
 
-from __future__ import annotations
 
 import math
 from typing import Literal

@@ -281,11 +281,13 @@ class EtpModel(EtpPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
         # Loading replaces every parameter by a new one with requires_grad=True: re-apply the
-        # config's frozen text layers and fixed temperature.
+        # config's frozen text layers and fixed temperature. With output_loading_info=True the
+        # result is (model, loading_info).
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.apply_freezing()
-        return model
+        return loaded
 
     def apply_freezing(self) -> None:
         """Set ``requires_grad`` from the config: fixed temperature, frozen text layers, unused poolers.
