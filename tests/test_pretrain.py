@@ -148,14 +148,27 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, arrow
     checkpoints = sorted(p.name for p in (tmp_path / "split" / "checkpoints").iterdir())
     assert checkpoints == ["step_00000004", "step_00000005"]
     progress = json.loads((tmp_path / "split/checkpoints/step_00000005/progress_rank0.json").read_text())
-    assert progress == {"step": 5, "epoch": 1, "batch_in_epoch": 1, "examples": 40, "num_processes": 1,
-                        "total_steps": 12}
+    assert progress == {
+        "step": 5,
+        "epoch": 1,
+        "batch_in_epoch": 1,
+        "examples": 40,
+        "num_processes": 1,
+        "total_steps": 12,
+    }
 
     with pytest.raises(FileExistsError, match="--resume"):  # a fresh run would mix with the old checkpoints
         pretrain(_recipe(tmp_path / "split", arrow_dataset, *common))
     with pytest.raises(ValueError, match="run of 12 optimizer steps"):  # the schedules depend on the length
-        pretrain(_recipe(tmp_path / "split", arrow_dataset, *common, "training.max_steps=20",
-                         "training.resume_from_checkpoint=latest"))
+        pretrain(
+            _recipe(
+                tmp_path / "split",
+                arrow_dataset,
+                *common,
+                "training.max_steps=20",
+                "training.resume_from_checkpoint=latest",
+            )
+        )
     resumed = pretrain(
         _recipe(tmp_path / "split", arrow_dataset, *common, "training.resume_from_checkpoint=latest")
     )
@@ -288,6 +301,20 @@ def test_two_cpu_processes_under_accelerate_launch_end_with_identical_weights(tm
 # ------------------------------------------------------------------------------------------------
 # Building blocks.
 # ------------------------------------------------------------------------------------------------
+
+
+def test_requested_trackers_must_exist():
+    import importlib.util
+
+    from ecg_hub.training.pretrain import _check_trackers
+
+    _check_trackers(["tensorboard"])
+    with pytest.raises(ValueError, match="unknown tracker 'tensorbored'"):
+        _check_trackers(["tensorbored"])
+    missing = [name for name in ("wandb", "trackio") if importlib.util.find_spec(name) is None]
+    for name in missing:  # Accelerate alone would drop them silently
+        with pytest.raises(ValueError, match=f"'{name}' is not installed"):
+            _check_trackers([name])
 
 
 def test_epoch_batch_sampler_shards_resumes_and_reshuffles():

@@ -258,9 +258,30 @@ class PretrainRecipe:
 # ------------------------------------------------------------------------------------------------
 
 
+def _check_trackers(names: list[str]) -> None:
+    """Accelerate silently drops trackers that are not installed; a recipe that asks for one should
+    fail instead of training without its logs."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = {t.value for t in LoggerType} - {"all"}
+    available = {str(t.value) for t in get_available_trackers()}
+    for name in names:
+        if name not in known:
+            raise ValueError(
+                f"tracking.log_with: unknown tracker {name!r} (Accelerate knows {sorted(known)})"
+            )
+        if name not in available:
+            raise ValueError(
+                f"tracking.log_with: {name!r} is not installed (pip install {name.replace('_', '-')})"
+            )
+
+
 def _make_accelerator(recipe: PretrainRecipe):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
+
+    _check_trackers(list(recipe.tracking.log_with))
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
