@@ -324,9 +324,55 @@ def _signature(target: Any) -> inspect.Signature | None:
         return None
 
 
+def _explicit_parameters(function: Any) -> set[str]:
+    signature = _signature(function)
+    if signature is None:
+        return set()
+    return {
+        name
+        for name, p in signature.parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def _swallowing_kwargs_owner(target: Any) -> type | None:
+    """The class when ``target`` is a feature extractor / processor class or one of its factory
+    classmethods (except ``from_pretrained``): their ``**kwargs`` end up as attributes, so a
+    misspelt key would be kept silently instead of failing."""
+    try:
+        from transformers.feature_extraction_utils import FeatureExtractionMixin
+        from transformers.processing_utils import ProcessorMixin
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    owner = target if isinstance(target, type) else getattr(target, "__self__", None)
+    if not (isinstance(owner, type) and issubclass(owner, (FeatureExtractionMixin, ProcessorMixin))):
+        return None
+    if getattr(target, "__name__", "") == "from_pretrained":
+        return None
+    return owner
+
+
+def _accepted_keywords(target: Any) -> set[str] | None:
+    """Keyword names ``target`` accepts, or ``None`` when it takes any (``**kwargs``)."""
+    signature = _signature(target)
+    if signature is None:
+        return None
+    names = _explicit_parameters(target)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return names
+    owner = _swallowing_kwargs_owner(target)
+    if owner is None:
+        return None
+    for klass in owner.__mro__:
+        if "__init__" in vars(klass):
+            names |= _explicit_parameters(vars(klass)["__init__"]) - {"self"}
+    return names
+
+
 def validate_component(node: Mapping, key: str, source: str, provided: Iterable[str] = ()) -> None:
     """Check a component node: the dotted path imports and every keyword is a parameter of the
-    callable (unless it takes ``**kwargs``); required parameters are given, either by the node or
+    callable (unless it takes ``**kwargs``; feature extractors and processors excepted, whose
+    ``**kwargs`` would keep a misspelt key as an attribute); required parameters are given, either by the node or
     by the caller (``provided``: names the recipe passes to :func:`instantiate`). Nested
     components are checked recursively."""
     dotted = node.get(COMPONENT_KEY)
@@ -344,16 +390,12 @@ def validate_component(node: Mapping, key: str, source: str, provided: Iterable[
     signature = _signature(target)
     if signature is not None:
         params = signature.parameters
-        takes_var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        named = {
-            name
-            for name, p in params.items()
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        }
+        accepted = _accepted_keywords(target)
+        named = accepted if accepted is not None else _explicit_parameters(target)
         for arg in node:
             if arg in _RESERVED_KEYS:
                 continue
-            if arg not in named and not takes_var_kwargs:
+            if accepted is not None and arg not in accepted:
                 raise RecipeError(
                     f"{source}: unknown key '{key}.{arg}': {dotted} has no parameter {arg!r} "
                     f"(parameters: {sorted(named)})"

@@ -96,6 +96,8 @@ def test_overrides_are_yaml_typed_and_interpolated():
         ("training.max_stepz=3", "training.max_stepz"),  # unknown setting
         ("model.config.hiden_size=8", "model.config.hiden_size"),  # unknown parameter of a config component
         ("optimizer.lrr=0.1", "optimizer.lrr"),  # unknown keyword of torch.optim.AdamW
+        # EcgFeatureExtractor.from_preset(name, **overrides) would keep it as an attribute
+        ("feature_extractor.sampling_rat=100", "feature_extractor.sampling_rat"),
         ("data.batch_size=eight", "data.batch_size"),  # wrong type
         ("training.mixed_precision=fp8", "training.mixed_precision"),  # not an allowed value
         ("optimizer.params=[]", "optimizer.params"),  # set by the loop, not by the recipe
