@@ -55,12 +55,16 @@ def write_dataset(path: Path, num_records: int) -> None:
             n = min(1000, num_records - start)
             signal = rng.standard_normal((n, 8, 2500), dtype=np.float32)
             for i in range(n):
-                yield {"signal": signal[i], "sampling_rate": 250, "leads": LEADS,
-                       "split": "test" if (start + i) % 10 == 9 else "train"}
+                yield {
+                    "signal": signal[i],
+                    "sampling_rate": 250,
+                    "leads": LEADS,
+                    "split": "test" if (start + i) % 10 == 9 else "train",
+                }
 
-    datasets.Dataset.from_generator(chunks, features=features, cache_dir=str(path.parent / "cache")).save_to_disk(
-        str(path), max_shard_size="500MB"
-    )
+    datasets.Dataset.from_generator(
+        chunks, features=features, cache_dir=str(path.parent / "cache")
+    ).save_to_disk(str(path), max_shard_size="500MB")
 
 
 def read_epoch(path: str, streaming: bool) -> dict:
@@ -75,8 +79,12 @@ def read_epoch(path: str, streaming: bool) -> dict:
     torch.set_num_threads(1)
     recipe = load_recipe(
         "ecg_jepa/pretrain_tiny",
-        [f"dataset={{_component_: datasets.load_from_disk, dataset_path: {path}}}", f"data.streaming={str(streaming).lower()}",
-         "data.batch_size=64", "data.num_workers=0"],
+        [
+            f"dataset={{_component_: datasets.load_from_disk, dataset_path: {path}}}",
+            f"data.streaming={str(streaming).lower()}",
+            "data.batch_size=64",
+            "data.num_workers=0",
+        ],
         schema=PretrainRecipe,
     )
     start_anon = _status_kib("RssAnon")
@@ -99,7 +107,9 @@ def read_epoch(path: str, streaming: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000])
     parser.add_argument("--streaming", action="store_true")
     parser.add_argument("--_read", help=argparse.SUPPRESS)
@@ -112,21 +122,37 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title=f"pretraining data path, {'streamed' if args.streaming else 'memory-mapped'} Arrow")
-    for column in ("records", "on disk", "read (train split)", "ECG/s", "RssAnon before", "peak RssAnon",
-                   "peak RssFile (page cache)"):
+    for column in (
+        "records",
+        "on disk",
+        "read (train split)",
+        "ECG/s",
+        "RssAnon before",
+        "peak RssAnon",
+        "peak RssFile (page cache)",
+    ):
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory(prefix="ecg-hub-bench-") as tmp:
         for size in args.sizes:
             path = Path(tmp) / f"n{size}"
             write_dataset(path, size)
             disk = sum(f.stat().st_size for f in path.glob("*.arrow")) / 2**20
-            command = [sys.executable, __file__, "--_read", str(path)] + (["--streaming"] if args.streaming else [])
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            command = [sys.executable, __file__, "--_read", str(path)] + (
+                ["--streaming"] if args.streaming else []
+            )
+            out = (
+                subprocess.run(command, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             result = json.loads(out)
             table.add_row(
-                f"{size:,}", f"{disk:,.0f} MiB", f"{result['records_read']:,}",
+                f"{size:,}",
+                f"{disk:,.0f} MiB",
+                f"{result['records_read']:,}",
                 f"{result['records_read'] / result['seconds']:,.0f}",
-                f"{result['anon_before_mib']:,.0f} MiB", f"{result['peak_anon_mib']:,.0f} MiB",
+                f"{result['anon_before_mib']:,.0f} MiB",
+                f"{result['peak_anon_mib']:,.0f} MiB",
                 f"{result['peak_file_mib']:,.0f} MiB",
             )
             for child in Path(tmp).iterdir():  # free the disk before the next size

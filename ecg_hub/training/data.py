@@ -263,7 +263,7 @@ def build_train_dataloader(
     rank: int = 0,
     seed: int = 0,
     shuffle: bool = True,
-    shuffle_buffer_size: int = 10_000,
+    shuffle_buffer_size: int = 1_000,
     num_workers: int = 0,
     prefetch_factor: int | None = None,
     pin_memory: bool = False,

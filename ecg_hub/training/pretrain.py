@@ -122,7 +122,10 @@ class DataSettings:
         batch_size: ECGs per micro-batch and process.
         shuffle: a new permutation every epoch (``(seed, epoch)``-determined).
         streaming: iterate the dataset as an ``IterableDataset`` (``to_iterable_dataset``) in
-            ``num_shards`` shards with a ``shuffle_buffer_size`` shuffle buffer.
+            ``num_shards`` shards (their order is shuffled every epoch) through a shuffle buffer of
+            ``shuffle_buffer_size`` records. The buffer is Arrow data: it holds up to about three
+            times ``shuffle_buffer_size`` x the bytes of one record (8 x 2500 float32: 80 KB;
+            12 x 5000: 240 KB), whatever the size of the dataset.
         num_workers: DataLoader worker processes running the collator (0: in the main process).
         prefetch_factor: batches prefetched per worker (``null``: PyTorch's default, 2).
         pin_memory: page-locked host batches (CUDA only).
@@ -134,7 +137,7 @@ class DataSettings:
     shuffle: bool = True
     streaming: bool = False
     num_shards: int = 64
-    shuffle_buffer_size: int = 10_000
+    shuffle_buffer_size: int = 1_000
     num_workers: int = 0
     prefetch_factor: int | None = None
     pin_memory: bool = True
