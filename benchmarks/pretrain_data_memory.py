@@ -71,10 +71,9 @@ def read_epoch(path: str, streaming: bool) -> dict:
     """One epoch through the loop's data path, in this process; returns memory figures."""
     import torch
 
-    from ecg_hub.recipe import load_recipe
+    from ecg_hub.recipe import instantiate, load_recipe
     from ecg_hub.training.data import build_train_dataloader
     from ecg_hub.training.pretrain import PretrainRecipe, _load_dataset
-    from ecg_hub.recipe import instantiate
 
     torch.set_num_threads(1)
     recipe = load_recipe(
