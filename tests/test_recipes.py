@@ -162,7 +162,7 @@ def test_cli_prints_the_resolved_recipe_and_rejects_unknown_keys(capsys):
     from ecg_hub.cli import main
 
     assert (
-        main(["pretrain", "ecg_jepa/pretrain_tiny", "training.max_steps=3", "--resume", "--print-recipe"])
+        main(["pretrain", "ecg_jepa/pretrain_tiny", "--print-recipe", "--resume", "training.max_steps=3"])
         == 0
     )
     printed = yaml.safe_load(capsys.readouterr().out)

@@ -19,6 +19,7 @@ Continue a stopped run with ``--resume`` (the newest checkpoint in the output fo
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from ecg_hub.training.pretrain import PretrainRecipe, pretrain
 
     overrides = list(args.overrides)
+    if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume key=value`: argparse took an override for the optional CHECKPOINT.
+        overrides.append(args.resume)
+        args.resume = "latest"
     if args.resume is not None:
         overrides.append(f"training.resume_from_checkpoint={args.resume}")
     try:
