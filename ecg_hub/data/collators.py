@@ -65,9 +65,17 @@ class EcgCollator:
             self._rng_worker = worker
         return self._rng
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, rows: Sequence[dict[str, Any]], generator: np.random.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``generator``: random crops for this batch only (the pretraining loop passes one seeded by
+        the batch's position, so that a resumed run crops as an uninterrupted one); by default the
+        collator's own per-worker stream."""
         features = self.feature_extractor(
-            list(rows), training=self.training, generator=self._generator(), return_tensors="pt"
+            list(rows),
+            training=self.training,
+            generator=generator if generator is not None else self._generator(),
+            return_tensors="pt",
         )
         batch = dict(features)
         if self.label_column is not None:
