@@ -34,13 +34,14 @@ def main() -> None:
 
     import numpy as np
     import torch
+    from ecg_hub.modeling import EcgFeatureExtractor
     from transformers import TrainingArguments
+
     import ecg_hub  # noqa: F401
     from ecg_hub.data.collators import EcgCollator
     from ecg_hub.data.synthetic import prepare_synthetic
     from ecg_hub.evaluation.linear_probe import LinearProbeConfig, extract_features, train_linear_probe
     from ecg_hub.evaluation.metrics import make_compute_metrics, make_preprocess_logits
-    from ecg_hub.modeling import EcgFeatureExtractor
     from ecg_hub.training.finetune import (
         EcgTrainer,
         label_matrix,
@@ -84,7 +85,7 @@ def main() -> None:
         eval_strategy="epoch", save_strategy="no", report_to="none", remove_unused_columns=False,
         disable_tqdm=True, dataloader_pin_memory=False, logging_strategy="no",
     )
-    view = lambda d: d.with_format("numpy", columns=["signal"], output_all_columns=True)  # noqa: E731
+    view = lambda d: d.with_format("numpy", columns=["signal"], output_all_columns=True)
     trainer = EcgTrainer(
         model=model, args=training_args, train_dataset=view(train), eval_dataset=view(val),
         data_collator=EcgCollator(fe, training=True, seed=0, **collate),

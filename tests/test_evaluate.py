@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from ecg_hub.modeling import STANDARD_LEADS, EcgFeatureExtractor
 from sklearn.metrics import roc_auc_score
 
 from ecg_hub.evaluation.linear_probe import (
@@ -19,7 +20,6 @@ from ecg_hub.evaluation.linear_probe import (
 )
 from ecg_hub.evaluation.metrics import classification_metrics
 from ecg_hub.evaluation.zero_shot import zero_shot_evaluate
-from ecg_hub.modeling import STANDARD_LEADS, EcgFeatureExtractor
 
 CLASSES = ["I_HIGH", "II_HIGH", "III_HIGH"]
 
@@ -72,9 +72,10 @@ def tiny_feature_extractor():
 
 def tiny_resnet_dir(tmp_path, seed=0):
     """A saved tiny EcgResNet encoder + feature extractor (a checkpoint folder)."""
-    import ecg_hub  # noqa: F401
     from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
     from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetModel
+
+    import ecg_hub  # noqa: F401
 
     torch.manual_seed(seed)
     config = EcgResNetConfig(
@@ -120,7 +121,7 @@ def test_linear_probe_on_cached_features_selects_on_validation():
 def test_features_extracted_once_and_cached(tmp_path, monkeypatch):
     from transformers import AutoModel
 
-    import ecg_hub.evaluation.linear_probe as linear_probe
+    from ecg_hub.evaluation import linear_probe
 
     dataset = toy_dataset(30)
     model = AutoModel.from_pretrained(tiny_resnet_dir(tmp_path))
@@ -308,13 +309,13 @@ def test_quickstart_pretrains_then_probes(tmp_path, capsys):
 
 def test_zero_shot_plugs_into_etp_model_and_processor():
     """A (tiny, random) ETP dual encoder + EtpProcessor: scores are the cosines of its own embeddings."""
-    from transformers import BertConfig
-
-    from ecg_hub.data.text_collators import train_report_tokenizer
     from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
     from ecg_hub.modeling.configuration_etp import EtpConfig
     from ecg_hub.modeling.modeling_etp import EtpModel
     from ecg_hub.modeling.processing_etp import EtpProcessor
+    from transformers import BertConfig
+
+    from ecg_hub.data.text_collators import train_report_tokenizer
 
     prompts = {"I_HIGH": ["oscillation in lead one", "lead one"], "II_HIGH": "lead two", "III_HIGH": "lead three"}
     tokenizer = train_report_tokenizer(["oscillation in lead one two three"] * 3, vocab_size=60)

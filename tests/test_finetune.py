@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from ecg_hub.modeling import STANDARD_LEADS, EcgFeatureExtractor
+
 from ecg_hub.training.finetune import (
     EcgTrainer,
     finetune,
@@ -76,7 +76,7 @@ def test_trainer_finetuning_reaches_auroc_on_held_out_synthetic(synthetic_dir, t
     # Evaluation batches use the deterministic crop: scoring twice gives identical numbers.
     again = result.trainer.evaluate()
     assert again["eval_macro_auroc"] == pytest.approx(result.val_metrics["macro_auroc"], abs=1e-9)
-    assert set(k for k in again if k.startswith("eval_auroc_")) == {f"eval_auroc_{c}" for c in RHYTHMS}
+    assert {k for k in again if k.startswith("eval_auroc_")} == {f"eval_auroc_{c}" for c in RHYTHMS}
 
 
 def test_single_label_cross_entropy_and_label_mismatch(synthetic_dir, tmp_path):

@@ -22,7 +22,7 @@ def num_records_for_fraction(num_records: int, fraction: float) -> int:
     """``round(fraction * num_records)`` as pandas' ``sample(frac=...)`` computes it (at least 1)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
-    return max(1, int(round(fraction * num_records)))
+    return max(1, round(fraction * num_records))
 
 
 def sample_label_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

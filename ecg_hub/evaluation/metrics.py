@@ -265,7 +265,7 @@ def bootstrap_confidence_intervals(
     """
     y_true, y_score = _check_inputs(y_true, y_score)
     rng = np.random.default_rng(seed)
-    num_records, num_classes = y_true.shape
+    num_records, _num_classes = y_true.shape
     samples = {name: [] for name in HEADLINE_METRICS}
     for _ in range(num_resamples):
         index = rng.integers(0, num_records, num_records)

@@ -41,7 +41,6 @@ from .metrics import (
     HEADLINE_METRICS,
     bootstrap_confidence_intervals,
     classification_metrics,
-    macro_f1_at,
     tune_f1_thresholds,
 )
 
@@ -290,7 +289,12 @@ def evaluate_model(
             the folder name).
     """
     from ecg_hub import __version__
-    from ecg_hub.training.finetune import class_names_of, load_feature_extractor, load_splits, select_task_records
+    from ecg_hub.training.finetune import (
+        class_names_of,
+        load_feature_extractor,
+        load_splits,
+        select_task_records,
+    )
 
     settings = settings or EvaluationSettings()
     # Records without a class of the label set (or, single-label, with more than one) are not part
@@ -343,9 +347,9 @@ def run_zero_shot(model_name_or_path, splits, label_column, class_names, setting
     """Zero-shot on the test split with the checkpoint's ``AutoModel`` and ``AutoProcessor``."""
     from transformers import AutoModel, AutoProcessor
 
-    from .zero_shot import zero_shot_evaluate
-
     import ecg_hub  # noqa: F401
+
+    from .zero_shot import zero_shot_evaluate
 
     start = time.perf_counter()
     model = AutoModel.from_pretrained(model_name_or_path)
@@ -389,7 +393,8 @@ def format_results_table(document: dict) -> str:
     header = ["protocol", "labels", "seeds", "macro AUROC", "macro AUPRC", "Fmax", "macro F1 (val thr.)", "time (s)"]
     rows = []
     for result in document["results"]:
-        def cell(key):
+
+        def cell(key, result=result):
             if key not in result["metrics"]:
                 return "-"
             mean, std = result["metrics"][key], result["metrics_std"].get(key, 0.0)

@@ -61,7 +61,7 @@ def load_class_prompts(path: str | Path, class_names: Sequence[str] | None = Non
     with open(path, encoding="utf-8") as handle:
         raw = json.load(handle)
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object mapping class codes to prompts")
+        raise ValueError(f"{path}: expected a JSON object mapping class codes to prompts")  # noqa: TRY004
     prompts = {str(k): (v.lower() if lowercase and isinstance(v, str) else v) for k, v in raw.items()}
     if class_names is None:
         return prompts

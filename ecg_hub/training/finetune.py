@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
-from ecg_hub.recipe import Component
 from ecg_hub.evaluation.metrics import (
     classification_metrics,
     make_compute_metrics,
     make_preprocess_logits,
     scores_from_logits,
 )
+from ecg_hub.recipe import Component
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def build_training_arguments(output_dir: str, train_records: int, *, warmup_epoc
         args["learning_rate"] = 1e-4 * args["per_device_train_batch_size"] / 256
     if "warmup_steps" not in overrides:
         steps_per_epoch = math.ceil(train_records / args["per_device_train_batch_size"])
-        args["warmup_steps"] = int(round(warmup_epochs * steps_per_epoch))
+        args["warmup_steps"] = round(warmup_epochs * steps_per_epoch)
     # The selection rule is the protocol, not a tunable: validation macro AUROC, never test.
     args.update(
         output_dir=output_dir,
