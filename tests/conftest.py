@@ -5,7 +5,9 @@ must be set before anything imports it (transformers, datasets, ecg_hub). Nothin
 reaches the real Hub: the Hub tests start a loopback server and point HF_ENDPOINT at it.
 """
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 
@@ -15,8 +17,10 @@ with socket.socket() as _sock:
     _sock.bind(("127.0.0.1", 0))
     _HUB_PORT = _sock.getsockname()[1]
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_HUB_PORT}"
+# A fresh, private Hugging Face cache for the session (never the user's), removed at exit.
 _HF_HOME = tempfile.mkdtemp(prefix="ecg-hub-test-hf-home-")
-os.environ.setdefault("HF_HOME", _HF_HOME)
+atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = _HF_HOME
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
