@@ -39,12 +39,12 @@ def main() -> None:
 
     import ecg_hub  # noqa: F401
     from ecg_hub.data.collators import EcgCollator
+    from ecg_hub.data.labels import multi_hot
     from ecg_hub.data.synthetic import prepare_synthetic
     from ecg_hub.evaluation.linear_probe import LinearProbeConfig, extract_features, train_linear_probe
     from ecg_hub.evaluation.metrics import make_compute_metrics, make_preprocess_logits
     from ecg_hub.training.finetune import (
         EcgTrainer,
-        label_matrix,
         load_classification_model,
         load_splits,
     )
@@ -71,7 +71,7 @@ def main() -> None:
     extract_s = time.perf_counter() - start
     start = time.perf_counter()
     train_linear_probe(
-        x_train, label_matrix(train, "rhythm"), x_val, label_matrix(val, "rhythm"),
+        x_train, multi_hot(train, "rhythm"), x_val, multi_hot(val, "rhythm"),
         config=LinearProbeConfig(max_epochs=args.epochs, patience=args.epochs + 1),
     )
     head_s = time.perf_counter() - start

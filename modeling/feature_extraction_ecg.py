@@ -391,10 +391,9 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         if hasattr(record, "detach"):
             record = record.detach().cpu().numpy()
         array = np.asarray(record)
-        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise ValueError(f"{where}: signal must be numeric, got dtype {array.dtype}")
-        if np.issubdtype(array.dtype, np.complexfloating) or array.dtype == bool:
-            raise ValueError(f"{where}: signal must be real-valued numbers in {'mV'}, got dtype {array.dtype}")
+        # Real numbers only: strings, objects, booleans and complex values are not voltages.
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            raise ValueError(f"{where}: signal must be numeric, got dtype {array.dtype} (expected real numbers in mV)")
         if array.ndim != 2:
             raise ValueError(f"{where}: signal must have rank 2 (leads, samples); got shape {array.shape}")
         if names is None:

@@ -194,9 +194,13 @@ def test_wrong_rank(fe12):
         fe12(np.zeros(5000), sampling_rate=500, leads=["I"])
 
 
-def test_non_numeric_dtype(fe12):
-    with pytest.raises(ValueError, match=r"must be numeric, got dtype <U"):
-        fe12(np.full((12, 5000), "a"), sampling_rate=500, leads=STANDARD_LEADS)
+@pytest.mark.parametrize(
+    ("signal", "dtype_name"),
+    [(np.full((12, 5000), "a"), "<U1"), (np.ones((12, 5000), bool), "bool"), (np.ones((12, 5000), complex), "complex128")],
+)
+def test_non_numeric_dtype(fe12, signal, dtype_name):
+    with pytest.raises(ValueError, match=rf"must be numeric, got dtype {dtype_name}"):
+        fe12(signal, sampling_rate=500, leads=STANDARD_LEADS)
 
 
 @pytest.mark.parametrize("rate", [None, 0, -250])

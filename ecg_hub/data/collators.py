@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecg_hub.data.labels import multi_hot
 from ecg_hub.modeling.feature_extraction_ecg import EcgFeatureExtractor
 
 
@@ -89,16 +90,6 @@ class EcgCollator:
                         )
                 batch["labels"] = torch.tensor([int(pos[0]) for pos in positives], dtype=torch.long)
             else:
-                batch["labels"] = torch.from_numpy(multi_hot_rows(positives, self.num_classes))
+                batch["labels"] = torch.from_numpy(multi_hot(rows, self.label_column, self.num_classes))
         return batch
 
-
-def multi_hot_rows(positives: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
-    """Lists of positive class indices -> (N, num_classes) float32 multi-hot matrix."""
-    out = np.zeros((len(positives), num_classes), dtype=np.float32)
-    for i, pos in enumerate(positives):
-        idx = np.asarray(list(pos), dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
-            raise ValueError(f"row {i}: class index out of range 0..{num_classes - 1}: {list(pos)}")
-        out[i, idx] = 1.0
-    return out

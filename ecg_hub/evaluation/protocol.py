@@ -166,10 +166,11 @@ def _test_run(seed, train_records, y_val, val_scores, y_test, test_scores, class
 
 def _labels(dataset, column, problem_type):
     """The task's records (``select_task_records``) and their (N, C) multi-hot labels."""
-    from ecg_hub.training.finetune import label_matrix, select_task_records
+    from ecg_hub.data.labels import multi_hot
+    from ecg_hub.training.finetune import select_task_records
 
     dataset = select_task_records(dataset, column, problem_type)
-    return dataset, label_matrix(dataset, column)
+    return dataset, multi_hot(dataset, column)
 
 
 def load_backbone(model_name_or_path: str, *, random_init: bool = False, seed: int = 0):
@@ -289,8 +290,8 @@ def evaluate_model(
             the folder name).
     """
     from ecg_hub import __version__
+    from ecg_hub.data.labels import label_names
     from ecg_hub.training.finetune import (
-        class_names_of,
         load_feature_extractor,
         load_splits,
         select_task_records,
@@ -303,7 +304,7 @@ def evaluate_model(
         name: select_task_records(split, label_column, settings.problem_type)
         for name, split in load_splits(dataset_path).items()
     }
-    class_names = class_names_of(splits["train"], label_column)
+    class_names = label_names(splits["train"], label_column)
     feature_extractor = load_feature_extractor(
         None if settings.feature_extractor_preset else model_name_or_path, preset=settings.feature_extractor_preset
     )
@@ -362,11 +363,11 @@ def run_zero_shot(model_name_or_path, splits, label_column, class_names, setting
     )
     run = {"seed": 0, "train_records": 0, "metrics": metrics, "seconds": time.perf_counter() - start}
     if settings.bootstrap:
-        from ecg_hub.training.finetune import label_matrix
+        from ecg_hub.data.labels import multi_hot
 
         scores = metrics.pop("scores")
         probabilities = (scores + 1) / 2 if metrics["scoring"] == "cosine" else scores
-        run["ci95"] = bootstrap_confidence_intervals(label_matrix(test, label_column), probabilities, num_resamples=settings.bootstrap)
+        run["ci95"] = bootstrap_confidence_intervals(multi_hot(test, label_column), probabilities, num_resamples=settings.bootstrap)
     result = aggregate_runs("zero-shot", 0.0, [run], class_names)
     result["scoring"] = metrics["scoring"]
     result["prompts"] = metrics["prompts"]

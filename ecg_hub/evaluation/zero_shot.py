@@ -198,20 +198,20 @@ def zero_shot_evaluate(
         ``classification_metrics`` (macro AUROC, macro AUPRC, Fmax, per-class AUROC, ...) plus
         ``"scoring"`` and ``"prompts"`` (the prompts used per class).
     """
-    from ecg_hub.training.finetune import class_names_of, label_matrix
+    from ecg_hub.data.labels import label_names, multi_hot
 
     if (score_fn is None) == (model is None):
         raise ValueError("give either score_fn or model (+ processor)")
     if score_fn is None:
         score_fn = model_score_fn(model, processor, scoring=scoring)
-    class_names = class_names_of(dataset, label_column)
+    class_names = label_names(dataset, label_column)
     prompts = normalize_class_prompts(class_prompts, class_names)
     scores = zero_shot_scores(dataset, prompts, score_fn, batch_size=batch_size)
     used_scoring = getattr(score_fn, "scoring", "custom")
     probabilities = (scores + 1.0) / 2.0 if used_scoring == "cosine" else scores
     if used_scoring == "custom" and (scores.min() < 0 or scores.max() > 1):
         probabilities = (scores - scores.min()) / max(scores.max() - scores.min(), 1e-12)
-    metrics = classification_metrics(label_matrix(dataset, label_column), probabilities, class_names)
+    metrics = classification_metrics(multi_hot(dataset, label_column), probabilities, class_names)
     metrics["scoring"] = used_scoring
     metrics["prompts"] = {name: p for name, p in zip(class_names, prompts)}
     if return_scores:

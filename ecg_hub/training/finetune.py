@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
+from ecg_hub.data.labels import label_names, multi_hot
 from ecg_hub.evaluation.metrics import (
     classification_metrics,
     make_compute_metrics,
@@ -64,27 +65,6 @@ PROTOCOL_TRAINING_DEFAULTS: dict[str, Any] = {
 
 
 # --- datasets -------------------------------------------------------------------------------------
-
-
-def class_names_of(dataset, column: str) -> list[str]:
-    """Class names of a ``Sequence(ClassLabel)`` label column (as written by ``ecg-hub data prepare``)."""
-    if column not in dataset.column_names:
-        raise ValueError(f"dataset has no label column {column!r}; columns: {dataset.column_names}")
-    feature = dataset.features[column]
-    names = getattr(getattr(feature, "feature", None), "names", None)
-    if not names:
-        raise ValueError(
-            f"label column {column!r} must be Sequence(ClassLabel(names=[...])) (lists of class indices), "
-            f"got {feature}"
-        )
-    return list(names)
-
-
-def label_matrix(dataset, column: str) -> np.ndarray:
-    """(N, C) float32 multi-hot matrix of a ``Sequence(ClassLabel)`` column."""
-    from ecg_hub.data.collators import multi_hot_rows
-
-    return multi_hot_rows(dataset[column], len(class_names_of(dataset, column)))
 
 
 def load_splits(path_or_dataset) -> dict:
@@ -364,7 +344,7 @@ def finetune(
 
     if problem_type not in PROBLEM_TYPES:
         raise ValueError(f"problem_type: expected one of {PROBLEM_TYPES}, got {problem_type!r}")
-    class_names = class_names_of(splits["train"], label_column)
+    class_names = label_names(splits["train"], label_column)
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if model_labels != class_names:
         raise ValueError(
@@ -543,14 +523,14 @@ def run_finetune_recipe(recipe: FinetuneRecipe, *, results_json: str | None = No
     torch.manual_seed(recipe.seed)
     data = recipe.data
     splits = load_splits(data.path)
-    class_names = class_names_of(splits["train"], data.label_column)
+    class_names = label_names(splits["train"], data.label_column)
     model = instantiate(recipe.model, class_names=class_names, problem_type=data.problem_type)
     feature_extractor = instantiate(recipe.feature_extractor)
     train_indices = None
     if data.fraction < 1.0:
         task_train = select_task_records(splits["train"], data.label_column, data.problem_type)
         splits = {**splits, "train": task_train}
-        train_indices = sample_label_fraction(label_matrix(task_train, data.label_column), data.fraction, data.fraction_seed)
+        train_indices = sample_label_fraction(multi_hot(task_train, data.label_column), data.fraction, data.fraction_seed)
     result = finetune(
         model,
         feature_extractor,
