@@ -18,6 +18,11 @@ from transformers.configuration_utils import SubConfigSpec
 from .configuration_ecg_resnet import EcgResNetConfig
 from .leads import MIMIC_LEADS
 
+#: The ECG towers an ETP model can hold, by ``model_type``. Resolved here rather than through the
+#: Auto registry so that Hub remote code (where ecg-hub is not installed) resolves them too. A new
+#: tower adds its config here and its model to ``modeling_etp.ECG_TOWER_MODELS``.
+ECG_TOWER_CONFIGS: dict[str, type[PreTrainedConfig]] = {"ecg_resnet": EcgResNetConfig}
+
 #: The text tower users get by default (the ETP paper's text encoder). Its config is built from the
 #: numbers below, so ``EtpConfig()`` never touches the network; weights and tokenizer come from the
 #: Hub only when the user asks (``EtpModel.from_ecg_text_pretrained`` / ``AutoTokenizer``).
@@ -39,6 +44,23 @@ BIO_CLINICAL_BERT_CONFIG: dict = {
     "layer_norm_eps": 1e-12,
     "pad_token_id": 0,
 }
+
+
+class EcgTowerConfigSpec(SubConfigSpec):
+    """``ecg_config`` sub-config: a config instance, or a dict whose ``model_type`` (default
+    ``ecg_resnet``) names one of :data:`ECG_TOWER_CONFIGS`."""
+
+    def create_subconfig(self, key, subconfig=None, **kwargs):
+        if isinstance(subconfig, dict):
+            model_type = subconfig.get("model_type", self.model_type)
+            if model_type not in ECG_TOWER_CONFIGS:
+                raise ValueError(
+                    f"EtpConfig.{key}: model_type {model_type!r} is not an ECG tower ETP knows; "
+                    f"known: {sorted(ECG_TOWER_CONFIGS)}"
+                )
+            spec = SubConfigSpec(config_class=ECG_TOWER_CONFIGS[model_type], init_kwargs=self.init_kwargs)
+            return spec.create_subconfig(key, subconfig, **kwargs)
+        return super().create_subconfig(key, subconfig, **kwargs)
 
 
 @strict
@@ -81,13 +103,13 @@ class EtpConfig(PreTrainedConfig):
     model_type = "etp"
     sub_configs_defaults = {
         # MERL's lead order (aVF before aVL), which the "etp"/"merl" feature-extractor preset produces.
-        "ecg_config": SubConfigSpec(config_class=EcgResNetConfig, init_kwargs={"lead_names": list(MIMIC_LEADS)}),
+        "ecg_config": EcgTowerConfigSpec(config_class=EcgResNetConfig, init_kwargs={"lead_names": list(MIMIC_LEADS)}),
         "text_config": SubConfigSpec(
             config_class=AutoConfig, model_type="bert", init_kwargs=dict(BIO_CLINICAL_BERT_CONFIG)
         ),
     }
 
-    ecg_config: EcgResNetConfig | dict | None = None
+    ecg_config: PreTrainedConfig | dict | None = None
     text_config: PreTrainedConfig | dict | None = None
     projection_dim: int = 256
     text_projection_hidden_dim: int = 256
@@ -103,6 +125,11 @@ class EtpConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of ``@strict`` validation."""
+        if self.ecg_config is not None and not isinstance(self.ecg_config, tuple(ECG_TOWER_CONFIGS.values())):
+            raise ValueError(
+                f"EtpConfig: ecg_config is a {type(self.ecg_config).__name__}; an ECG tower config "
+                f"({', '.join(c.__name__ for c in ECG_TOWER_CONFIGS.values())}) is expected"
+            )
         if self.cache_text_features and self.freeze_text_layers != -1:
             raise ValueError(
                 "EtpConfig: cache_text_features needs a fully frozen text tower (freeze_text_layers=-1), "
@@ -129,4 +156,4 @@ class EtpConfig(PreTrainedConfig):
         return math.log(1.0 / self.temperature)
 
 
-__all__ = ["BIO_CLINICAL_BERT_CONFIG", "DEFAULT_TEXT_MODEL", "EtpConfig"]
+__all__ = ["BIO_CLINICAL_BERT_CONFIG", "DEFAULT_TEXT_MODEL", "ECG_TOWER_CONFIGS", "EtpConfig"]

@@ -22,52 +22,38 @@ This file imports torch, transformers and its sibling modules only, so it can tr
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_bidirectional_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ecg_jepa import EcgJepaConfig
+from .ema import EmaTeacherMixin
+from .heads import SequenceClassificationHeadMixin
+from .layers import (
+    EcgPatchEmbeddings,
+    EcgVitAttention,
+    EcgVitLayer,
+    build_attention_mask,
+    build_vit_layers,
+    masked_mean,
+    sincos_position_table,
+    token_validity,
+)
+from .masking import sample_time_mask
 
 # ----------------------------------------------------------------------------------------------
 # Positions and the CroPA mask: pure functions of the token grid, built per call (the table is cached
 # per shape) so that any lead subset and any length up to the configured one work.
 # ----------------------------------------------------------------------------------------------
-
-
-def _sincos_1d(width: int, positions: torch.Tensor) -> torch.Tensor:
-    """``(len(positions), width)`` table: ``sin(p * w_k)`` then ``cos(p * w_k)``, ``w_k = 10000^(-2k/width)``."""
-    omega = 1.0 / 10000 ** (torch.arange(width // 2, dtype=torch.float64, device="cpu") / (width / 2))
-    angles = positions.to(torch.float64)[:, None] * omega[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-
-
-@lru_cache(maxsize=32)
-def sincos_position_table(width: int, num_leads: int, num_patches: int) -> torch.Tensor:
-    """The fixed 2-D sin-cos position table of ECG-JEPA, ``(num_leads * num_patches, width)`` float32.
-
-    Rows are lead-major (row ``l * num_patches + p`` is lead ``l``, time patch ``p``). Columns
-    ``[0, width/2)`` encode the time patch index, ``[width/2, width)`` the lead index. Computed in
-    float64 and rounded once, like the official numpy table, so the two agree to the last bit.
-    Cached per shape: callers must not modify the returned tensor in place.
-    """
-    # Explicit CPU: the table is cached, and must not be created on a default (e.g. meta) device.
-    time_index = torch.arange(num_patches, device="cpu").repeat(num_leads)
-    lead_index = torch.arange(num_leads, device="cpu").repeat_interleave(num_patches)
-    table = torch.cat([_sincos_1d(width // 2, time_index), _sincos_1d(width // 2, lead_index)], dim=1)
-    return table.to(torch.float32)
 
 
 def cross_pattern_mask_function(
@@ -101,210 +87,9 @@ def cross_pattern_mask_function(
     return mask_function
 
 
-def build_attention_mask(config: EcgJepaConfig, embeddings: torch.Tensor, mask_function: Callable):
-    """The ``(batch, 1, tokens, tokens)`` mask for the selected attention implementation (boolean for
-    SDPA, additive 0 / dtype-minimum for eager) from an index-based ``mask_function``.
-
-    ``create_bidirectional_mask(and_mask_function=...)`` builds the same mask but through ``torch.vmap``,
-    which costs tens of milliseconds per call on a CPU; the CroPA function only indexes and compares,
-    so the implementation's mask builder can broadcast it directly (``use_vmap=False``).
-    """
-    implementation = config._attn_implementation
-    if implementation not in ALL_MASK_ATTENTION_FUNCTIONS:
-        return create_bidirectional_mask(
-            config=config, inputs_embeds=embeddings, attention_mask=None, and_mask_function=mask_function
-        )
-    batch_size, num_tokens = embeddings.shape[:2]
-    return ALL_MASK_ATTENTION_FUNCTIONS[implementation](
-        batch_size=batch_size,
-        q_length=num_tokens,
-        kv_length=num_tokens,
-        mask_function=mask_function,
-        attention_mask=None,
-        allow_is_causal_skip=False,
-        allow_is_bidirectional_skip=False,
-        dtype=embeddings.dtype,
-        config=config,
-        use_vmap=False,
-        device=embeddings.device,
-    )
-
-
 # ----------------------------------------------------------------------------------------------
-# Building blocks
+# The predictor
 # ----------------------------------------------------------------------------------------------
-
-
-class EcgJepaPatchEmbeddings(nn.Module):
-    """``(batch, leads, samples)`` mV -> ``(batch, leads * patches, hidden_size)`` by one shared
-    ``Linear(patch_size -> hidden_size)`` per patch (the official ``W_P``; no convolution)."""
-
-    def __init__(self, config: EcgJepaConfig):
-        super().__init__()
-        self.patch_size = config.patch_size
-        self.projection = nn.Linear(config.patch_size, config.hidden_size)
-
-    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        batch_size, num_leads, num_samples = input_values.shape
-        patches = input_values.reshape(
-            batch_size, num_leads * (num_samples // self.patch_size), self.patch_size
-        )
-        return self.projection(patches)
-
-
-def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: zero the residual branch of whole samples with probability ``drop_prob``
-    and rescale the kept ones by ``1 / (1 - drop_prob)``."""
-    if drop_prob == 0.0 or not training:
-        return hidden_states
-    keep_prob = 1.0 - drop_prob
-    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-    keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
-    return hidden_states * keep / keep_prob
-
-
-class EcgJepaDropPath(nn.Module):
-    """Stochastic depth of one residual branch (see `drop_path`)."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return drop_path(hidden_states, self.drop_prob, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.drop_prob}"
-
-
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs: Unpack[TransformersKwargs],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain softmax attention. ``query/key/value``: ``(batch, heads, tokens, head_dim)``;
-    ``attention_mask``: additive ``(batch, 1, tokens, tokens)`` (0 allowed, dtype minimum blocked).
-    Returns ``(batch, tokens, heads, head_dim)`` and the ``(batch, heads, tokens, tokens)`` weights."""
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
-    return attn_output, attn_weights
-
-
-class EcgJepaAttention(nn.Module):
-    """Multi-head self-attention through the transformers attention interface (``eager``/``sdpa``)."""
-
-    def __init__(self, config: EcgJepaConfig, hidden_size: int, num_heads: int):
-        super().__init__()
-        self.config = config
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.scaling = self.head_dim**-0.5
-        self.attention_dropout = config.attention_dropout
-        self.is_causal = False
-        # The official checkpoint fuses these three as `qkv` (rows q, k, v); the converter splits it.
-        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
-        return attn_output, attn_weights
-
-
-class EcgJepaMLP(nn.Module):
-    """``Linear -> GELU -> dropout -> Linear -> dropout`` (the official ``Mlp``)."""
-
-    def __init__(self, config: EcgJepaConfig, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.activation_fn = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = self.dropout(self.activation_fn(self.fc1(hidden_states)))
-        return self.dropout(self.fc2(hidden_states))
-
-
-class EcgJepaLayer(GradientCheckpointingLayer):
-    """Pre-LN transformer block, used by the encoder and (with the predictor's sizes) the predictor.
-
-    If ``position_embeddings`` is given it is added to the block input first, and the residual
-    stream carries it on (the official ``block(x + pos)``).
-    """
-
-    def __init__(
-        self,
-        config: EcgJepaConfig,
-        hidden_size: int,
-        num_heads: int,
-        intermediate_size: int,
-        drop_path_rate: float,
-        layer_index: int,
-    ):
-        super().__init__()
-        # 0-based depth of this block; the init scales its output projections by 1/sqrt(2 (index + 1)).
-        self.layer_index = layer_index
-        self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
-        self.attention = EcgJepaAttention(config, hidden_size, num_heads)
-        self.attention_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
-        self.mlp = EcgJepaMLP(config, hidden_size, intermediate_size)
-        self.drop_path = EcgJepaDropPath(drop_path_rate)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_embeddings: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> torch.Tensor:
-        if position_embeddings is not None:
-            hidden_states = hidden_states + position_embeddings
-        attn_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
-        hidden_states = hidden_states + self.drop_path(self.attention_dropout(attn_output))
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
-        return hidden_states
-
-
-def _drop_path_rates(max_rate: float, depth: int) -> list[float]:
-    """Stochastic-depth rate per block, rising linearly from 0 to ``max_rate`` (plain Python: this
-    runs in ``__init__``, where tensors may live on the meta device)."""
-    return [max_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
 
 
 class EcgJepaPredictor(nn.Module):
@@ -321,17 +106,13 @@ class EcgJepaPredictor(nn.Module):
         width = config.predictor_hidden_size
         self.embed = nn.Linear(config.hidden_size, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        rates = _drop_path_rates(config.predictor_drop_path_rate, config.predictor_num_hidden_layers)
-        self.layers = nn.ModuleList(
-            EcgJepaLayer(
-                config,
-                width,
-                config.predictor_num_attention_heads,
-                config.predictor_intermediate_size,
-                rate,
-                i,
-            )
-            for i, rate in enumerate(rates)
+        self.layers = build_vit_layers(
+            config,
+            width,
+            config.predictor_num_attention_heads,
+            config.predictor_intermediate_size,
+            config.predictor_num_hidden_layers,
+            config.predictor_drop_path_rate,
         )
         self.layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.proj = nn.Linear(width, config.hidden_size)
@@ -398,13 +179,13 @@ class EcgJepaPreTrainedModel(PreTrainedModel):
     main_input_name = "input_values"
     input_modalities = ("time",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["EcgJepaLayer"]
+    _no_split_modules = ["EcgVitLayer"]
     # CroPA is an arbitrary boolean mask: SDPA and eager take it, plain flash kernels cannot.
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = False
-    _can_record_outputs = {"hidden_states": EcgJepaLayer, "attentions": EcgJepaAttention}
+    _can_record_outputs = {"hidden_states": EcgVitLayer, "attentions": EcgVitAttention}
     # A pretraining checkpoint also holds the EMA target encoder and the predictor; the encoder and
     # the classifier load its context encoder and ignore the rest.
     _keys_to_ignore_on_load_unexpected = [r"^target_encoder\.", r"^predictor\."]
@@ -418,7 +199,7 @@ class EcgJepaPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
-        elif isinstance(module, EcgJepaLayer):
+        elif isinstance(module, EcgVitLayer):
             # Runs after the children (smart_apply is post-order), so this overrides the plain init.
             scaled_std = std / math.sqrt(2.0 * (module.layer_index + 1))
             init.trunc_normal_(module.attention.o_proj.weight, std=scaled_std)
@@ -434,18 +215,19 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
     def __init__(self, config: EcgJepaConfig):
         super().__init__(config)
         self.config = config
-        self.patch_embeddings = EcgJepaPatchEmbeddings(config)
-        rates = _drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
-        self.layers = nn.ModuleList(
-            EcgJepaLayer(
-                config, config.hidden_size, config.num_attention_heads, config.intermediate_size, rate, i
-            )
-            for i, rate in enumerate(rates)
+        self.patch_embeddings = EcgPatchEmbeddings(config.patch_size, config.hidden_size)
+        self.layers = build_vit_layers(
+            config,
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.num_hidden_layers,
+            config.drop_path_rate,
         )
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self) -> EcgJepaPatchEmbeddings:
+    def get_input_embeddings(self) -> EcgPatchEmbeddings:
         return self.patch_embeddings
 
     def _check_inputs(self, input_values, attention_mask, lead_mask, masked_time_patches) -> None:
@@ -497,16 +279,7 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
     ) -> torch.Tensor | None:
         """``(batch, leads * patches)`` bool, True for tokens of present leads and real time (a patch
         counts as real if any of its samples is), or None when everything is valid."""
-        if attention_mask is None and lead_mask is None:
-            return None
-        device = (attention_mask if attention_mask is not None else lead_mask).device
-        leads_ok = torch.ones(batch_size, self.config.num_leads, dtype=torch.bool, device=device)
-        time_ok = torch.ones(batch_size, num_patches, dtype=torch.bool, device=device)
-        if lead_mask is not None:
-            leads_ok = lead_mask != 0
-        if attention_mask is not None:
-            time_ok = (attention_mask != 0).reshape(batch_size, num_patches, -1).any(dim=-1)
-        return (leads_ok[:, :, None] & time_ok[:, None, :]).reshape(batch_size, -1)
+        return token_validity(batch_size, self.config.num_leads, num_patches, attention_mask, lead_mask)
 
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
@@ -575,11 +348,7 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
             )
         last_hidden_state = self.layernorm(hidden_states)
 
-        if token_valid is None:
-            pooled = last_hidden_state.mean(dim=1)
-        else:
-            weights = token_valid.to(last_hidden_state.dtype)[:, :, None]
-            pooled = (last_hidden_state * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        pooled = masked_mean(last_hidden_state, token_valid)
         return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled)
 
 
@@ -607,7 +376,7 @@ class EcgJepaPreTrainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
+class EcgJepaForPreTraining(EmaTeacherMixin, EcgJepaPreTrainedModel):
     """ECG-JEPA self-supervised pretraining: context encoder (``self.ecg_jepa``), EMA target encoder
     (``self.target_encoder``, no gradients) and predictor.
 
@@ -617,61 +386,23 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
     predicts the layer-normed target features of the hidden slots, lead by lead; loss is SmoothL1.
 
     Training loop contract: after every optimizer step call ``post_optimizer_step(step, total_steps)``
-    (EMA momentum linear from ``config.ema_momentum_start`` to ``config.ema_momentum_end``).
+    (`EmaTeacherMixin`: EMA momentum linear from ``config.ema_momentum_start`` to
+    ``config.ema_momentum_end``; the pair is ``ecg_jepa`` -> ``target_encoder``).
     The saved weights load into ``EcgJepaModel.from_pretrained`` as the context encoder. Like the
     official code, the target encoder follows the module's train / eval mode (its stochastic depth is
     active in training).
     """
 
+    _ema_pairs = (("ecg_jepa", "target_encoder"),)
+
     def __init__(self, config: EcgJepaConfig):
         super().__init__(config)
         self.ecg_jepa = EcgJepaModel(config)
         self.target_encoder = EcgJepaModel(config)
-        self.target_encoder.requires_grad_(False)
         self.predictor = EcgJepaPredictor(config)
         self.post_init()
-        # The target starts as an exact copy of the context encoder (the official deepcopy).
-        self.update_target_encoder(0.0)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """As ``PreTrainedModel.from_pretrained``; when the checkpoint has no target encoder (e.g. an
-        ``EcgJepaModel`` or a converted official encoder), the target starts as a copy of the loaded
-        context encoder instead of random weights."""
-        return_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        if any(key.startswith("target_encoder.") for key in info["missing_keys"]):
-            model.update_target_encoder(0.0)
-        return (model, info) if return_info else model
-
-    @torch.no_grad()
-    def update_target_encoder(self, momentum: float) -> None:
-        """EMA step ``target = momentum * target + (1 - momentum) * context`` over all parameters;
-        ``momentum=0`` copies the context encoder exactly."""
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(
-                f"EcgJepaForPreTraining.update_target_encoder: momentum must be in [0, 1], got {momentum}"
-            )
-        for context_param, target_param in zip(self.ecg_jepa.parameters(), self.target_encoder.parameters()):
-            if momentum == 0.0:
-                target_param.copy_(context_param)
-            else:
-                target_param.mul_(momentum).add_(context_param.detach(), alpha=1.0 - momentum)
-
-    def ema_momentum(self, step: int, total_steps: int) -> float:
-        """Momentum after optimizer step ``step`` (0-based) of ``total_steps``: linear from
-        ``ema_momentum_start`` at step 0 to ``ema_momentum_end`` at ``total_steps`` (official schedule)."""
-        if total_steps <= 0:
-            raise ValueError(f"EcgJepaForPreTraining: total_steps must be positive, got {total_steps}")
-        start, end = self.config.ema_momentum_start, self.config.ema_momentum_end
-        return start + (end - start) * min(max(step, 0), total_steps) / total_steps
-
-    def post_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """Called by the training loop after every optimizer step: one EMA update of the target
-        encoder with the scheduled momentum. Returns ``{"ema_momentum": m}`` for logging."""
-        momentum = self.ema_momentum(step, total_steps)
-        self.update_target_encoder(momentum)
-        return {"ema_momentum": momentum}
+        # The target starts as an exact, frozen copy of the context encoder (the official deepcopy).
+        self.init_ema_teacher()
 
     def sample_masked_time_patches(
         self, num_patches: int, generator: torch.Generator | None = None, device: torch.device | None = None
@@ -684,27 +415,15 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
         replacement. Lengths are clamped so that at least one slot is hidden and one visible.
         Uses the global torch RNG unless a ``generator`` is given.
         """
-        if num_patches < 2:
-            raise ValueError(
-                f"EcgJepaForPreTraining: need at least 2 time patches to mask, got {num_patches}"
-            )
-
-        def uniform(low_high) -> float:
-            low, high = low_high
-            return low + (high - low) * torch.rand(1, generator=generator).item()
-
-        def clamp(count: int) -> int:
-            return min(max(count, 1), num_patches - 1)
-
-        mask = torch.zeros(num_patches, dtype=torch.bool)
-        if self.config.mask_type == "block":
-            for _ in range(self.config.num_mask_blocks):
-                length = clamp(int(num_patches * uniform(self.config.block_mask_scale)))
-                start = int(torch.randint(0, num_patches - length, (1,), generator=generator))
-                mask[start : start + length] = True
-        else:
-            count = clamp(int(num_patches * uniform(self.config.random_mask_scale)))
-            mask[torch.randperm(num_patches, generator=generator)[:count]] = True
+        config = self.config
+        mask = sample_time_mask(
+            num_patches,
+            config.mask_type,
+            num_blocks=config.num_mask_blocks,
+            block_scale=config.block_mask_scale,
+            random_scale=config.random_mask_scale,
+            generator=generator,
+        )
         return mask.to(device) if device is not None else mask
 
     @can_return_tuple
@@ -790,7 +509,7 @@ class EcgJepaForPreTraining(EcgJepaPreTrainedModel):
         )
 
 
-class EcgJepaForSequenceClassification(EcgJepaPreTrainedModel):
+class EcgJepaForSequenceClassification(SequenceClassificationHeadMixin, EcgJepaPreTrainedModel):
     """ECG-JEPA encoder + a linear head on the pooled features (the official linear probe / fine-tune
     head). Multi-label (float multi-hot labels, BCE), single-label (int labels, CE) and regression
     follow ``config.problem_type`` through the transformers classification loss, so it is Trainer-ready.
@@ -798,27 +517,9 @@ class EcgJepaForSequenceClassification(EcgJepaPreTrainedModel):
 
     def __init__(self, config: EcgJepaConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.ecg_jepa = EcgJepaModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
-        self.base_model_frozen = False
+        self.init_classification_head(config.hidden_size, config.classifier_dropout)
         self.post_init()
-
-    def freeze_base_model(self) -> None:
-        """Linear probing: no gradients into the encoder, and the encoder stays in eval mode (no
-        stochastic depth, like the official precomputed features) even when the model trains."""
-        self.ecg_jepa.requires_grad_(False)
-        self.base_model_frozen = True
-        self.ecg_jepa.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.base_model_frozen:
-            self.ecg_jepa.eval()
-        return self
 
     @can_return_tuple
     def forward(
@@ -840,10 +541,7 @@ class EcgJepaForSequenceClassification(EcgJepaPreTrainedModel):
             labels are given.
         """
         outputs = self.ecg_jepa(input_values, attention_mask=attention_mask, lead_mask=lead_mask, **kwargs)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        logits, loss = self.classify(outputs.pooler_output, labels)
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 
 from .configuration_ecg_resnet import EcgResNetConfig
+from .heads import SequenceClassificationHeadMixin
 
 
 @dataclass
@@ -36,39 +37,6 @@ class EcgResNetModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     frame_mask: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
-@torch.no_grad()
-def average_batchnorm_statistics(module: nn.Module) -> int:
-    """Average BatchNorm running means and variances over the processes of the default group.
-
-    DistributedDataParallel broadcasts buffers from rank 0 *before* each forward, so after the last
-    step every process holds running statistics updated with its own micro-batch only, and the
-    replicas differ. Averaging after each optimizer step keeps them identical and uses every
-    process's batches (SyncBatchNorm would too, but it does not run on the CPU). A no-op without a
-    process group. Returns the number of buffers averaged.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return 0
-    buffers = [
-        buffer
-        for norm in module.modules()
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.track_running_stats
-        for buffer in (norm.running_mean, norm.running_var)
-        if buffer is not None
-    ]
-    if not buffers:
-        return 0
-    flat = torch.cat([b.reshape(-1) for b in buffers])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
-    for buffer in buffers:
-        buffer.copy_(flat[offset : offset + buffer.numel()].view_as(buffer))
-        offset += buffer.numel()
-    return len(buffers)
 
 
 class EcgResNetBasicBlock(nn.Module):
@@ -247,7 +215,7 @@ class EcgResNetModel(EcgResNetPreTrainedModel):
         )
 
 
-class EcgResNetForSequenceClassification(EcgResNetPreTrainedModel):
+class EcgResNetForSequenceClassification(SequenceClassificationHeadMixin, EcgResNetPreTrainedModel):
     """[`EcgResNetModel`] + dropout + ``Linear(hidden_size -> num_labels)`` on the pooled features.
 
     The loss follows ``config.problem_type`` through ``self.loss_function``: float multi-hot labels
@@ -257,25 +225,9 @@ class EcgResNetForSequenceClassification(EcgResNetPreTrainedModel):
 
     def __init__(self, config: EcgResNetConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.ecg_encoder = EcgResNetModel(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_classification_head(config.hidden_size, config.classifier_dropout)
         self.post_init()
-
-    def freeze_base_model(self) -> None:
-        """Freeze the encoder (weights and BatchNorm statistics stay as loaded) for linear probing."""
-        for param in self.ecg_encoder.parameters():
-            param.requires_grad = False
-        self.ecg_encoder.eval()
-        self._base_frozen = True
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        # A frozen encoder keeps its BatchNorm running statistics fixed (eval mode) during probing.
-        if getattr(self, "_base_frozen", False):
-            self.ecg_encoder.eval()
-        return self
 
     def forward(
         self,
@@ -304,8 +256,7 @@ class EcgResNetForSequenceClassification(EcgResNetPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        logits, loss = self.classify(outputs.pooler_output, labels)
         if not return_dict:
             output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
@@ -317,5 +268,4 @@ __all__ = [
     "EcgResNetModel",
     "EcgResNetModelOutput",
     "EcgResNetPreTrainedModel",
-    "average_batchnorm_statistics",
 ]

@@ -20,89 +20,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput, SequenceClassifierOutput
 from transformers.utils import logging
 
 from .configuration_ecg_resnet import EcgResNetConfig
 from .configuration_etp import DEFAULT_TEXT_MODEL, EtpConfig
-from .modeling_ecg_resnet import EcgResNetModel, average_batchnorm_statistics
+from .contrastive import average_batchnorm_statistics, contrastive_loss
+from .heads import SequenceClassificationHeadMixin
+from .modeling_ecg_resnet import EcgResNetModel
+from .text_tower import TextTowerMixin, load_text_tower, split_tower_kwargs
 
 logger = logging.get_logger(__name__)
-
-
-# --------------------------------------------------------------------------------------------------
-# Contrastive loss
-# --------------------------------------------------------------------------------------------------
-
-
-def _distributed_world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_features(features: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All-gather ``(local_batch, dim)`` features from every process; the local slice keeps its gradient.
-
-    The gathered copies are plain tensors (``all_gather`` has no autograd); putting the local tensor
-    back in its slot makes the loss differentiable w.r.t. this process's features, which is all each
-    process needs, since the data-parallel wrapper averages parameter gradients (open_clip
-    ``gather_features(gather_with_grad=False)``). Local batches of different sizes (a short last
-    batch) are padded for the collective and trimmed afterwards.
-
-    Returns:
-        ``(all_features (global_batch, dim), offset)`` where ``offset`` is the index of this process's
-        first row in ``all_features``. Without a process group: ``(features, 0)``.
-    """
-    rank, world_size = _distributed_world()
-    if world_size == 1:
-        return features, 0
-    local_size = torch.tensor([features.shape[0]], device=features.device, dtype=torch.long)
-    sizes = [torch.zeros_like(local_size) for _ in range(world_size)]
-    dist.all_gather(sizes, local_size)
-    sizes = [int(s.item()) for s in sizes]
-    max_size = max(sizes)
-    padded = features.detach()
-    if features.shape[0] < max_size:
-        padded = torch.cat([padded, padded.new_zeros(max_size - features.shape[0], *features.shape[1:])])
-    buckets = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(buckets, padded.contiguous())
-    chunks = [bucket[:size] for bucket, size in zip(buckets, sizes)]
-    chunks[rank] = features
-    return torch.cat(chunks, dim=0), sum(sizes[:rank])
-
-
-def contrastive_loss(
-    ecg_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor, gather: bool = True
-) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP) loss between matched rows of L2-normalised embeddings.
-
-    Args:
-        ecg_embeds: ``(batch, dim)`` L2-normalised ECG embeddings of this process.
-        text_embeds: ``(batch, dim)`` L2-normalised report embeddings; row ``i`` describes ECG ``i``.
-        logit_scale: scalar ``1 / temperature`` (already exponentiated and clamped).
-        gather: use the features of all processes as negatives (see [`gather_features`]).
-
-    Returns:
-        scalar: ``(CE(ecg -> text) + CE(text -> ecg)) / 2`` averaged over the global batch.
-    """
-    if gather:
-        all_ecg, offset = gather_features(ecg_embeds)
-        all_text, _ = gather_features(text_embeds)
-    else:
-        all_ecg, all_text, offset = ecg_embeds, text_embeds, 0
-    # Full global-batch logits on every process (open_clip local_loss=False): each process holds the
-    # complete loss, and its gradient reaches the local features through the replaced slice.
-    logits_per_ecg = logit_scale * all_ecg @ all_text.t()
-    targets = torch.arange(all_ecg.shape[0], device=all_ecg.device)
-    del offset  # every process computes the same global loss; the offset only matters for local_loss
-    return (F.cross_entropy(logits_per_ecg, targets) + F.cross_entropy(logits_per_ecg.t(), targets)) / 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,12 +148,21 @@ class EtpPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
 
 
+#: ECG tower model class by ``config.ecg_config.model_type`` (see ``configuration_etp.ECG_TOWER_CONFIGS``).
+ECG_TOWER_MODELS: dict[str, type[PreTrainedModel]] = {"ecg_resnet": EcgResNetModel}
+
+
+def ecg_tower_class(ecg_config) -> type[PreTrainedModel]:
+    """The model class of an ECG tower config."""
+    return ECG_TOWER_MODELS[ecg_config.model_type]
+
+
 def _num_frames(ecg_config: EcgResNetConfig) -> int:
     """Frames of the last ResNet map for ``num_samples`` input samples (each stride-2 stage: ceil(n / 2))."""
     return math.ceil(ecg_config.num_samples / ecg_config.total_stride)
 
 
-class EtpModel(EtpPreTrainedModel):
+class EtpModel(TextTowerMixin, EtpPreTrainedModel):
     """ETP dual encoder: ECG tower + text tower projected into one space, compared by cosine similarity.
 
     Inputs use distinct names for the two modalities (as [`EtpProcessor`] returns them):
@@ -242,17 +183,12 @@ class EtpModel(EtpPreTrainedModel):
         text_model: PreTrainedModel | None = None,
     ):
         super().__init__(config)
-        ecg_model = ecg_model if ecg_model is not None else EcgResNetModel(config.ecg_config)
-        text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
+        ecg_model = ecg_model if ecg_model is not None else ecg_tower_class(config.ecg_config)(config.ecg_config)
         # Share one config object between the composite and its towers, so edits stay in sync (as
         # VisionTextDualEncoder does).
-        if text_model.config._attn_implementation is None:
-            text_model.config._attn_implementation = "sdpa" if getattr(text_model, "_supports_sdpa", False) else "eager"
-        config.text_config._attn_implementation = text_model.config._attn_implementation
         ecg_model.config = config.ecg_config
-        text_model.config = config.text_config
         self.ecg_encoder = ecg_model
-        self.text_model = text_model
+        self.init_text_tower(text_model)
 
         ecg_hidden = config.ecg_config.hidden_size
         text_hidden = config.text_config.hidden_size
@@ -274,52 +210,14 @@ class EtpModel(EtpPreTrainedModel):
         )
         self.post_init()
         self.apply_freezing()
-        # Pooled features of the frozen text tower by token sequence (config.cache_text_features).
-        self._text_feature_cache: dict[tuple, torch.Tensor] = {}
 
     # ---- construction helpers ---------------------------------------------------------------------
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        # Loading replaces every parameter by a new one with requires_grad=True: re-apply the
-        # config's frozen text layers and fixed temperature. With output_loading_info=True the
-        # result is (model, loading_info).
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        model.apply_freezing()
-        return loaded
-
     def apply_freezing(self) -> None:
-        """Set ``requires_grad`` from the config: fixed temperature, frozen text layers, unused poolers.
-
-        Frozen: the bottom ``config.freeze_text_layers`` text layers and the text embeddings (all of the
-        text tower with ``-1``), a text pooler the chosen ``text_pooling`` does not use, and
-        ``logit_scale`` unless ``config.learnable_temperature``.
-        """
+        """Set ``requires_grad`` from the config: the text tower's frozen layers (see
+        `TextTowerMixin.apply_freezing`) and ``logit_scale`` unless ``config.learnable_temperature``."""
         self.logit_scale.requires_grad = self.config.learnable_temperature
-        n_frozen = self.config.freeze_text_layers
-        if n_frozen == -1:
-            for param in self.text_model.parameters():
-                param.requires_grad = False
-            return
-        # A BERT pooler that the chosen text pooling does not use would leave parameters without
-        # gradient, which DistributedDataParallel rejects: freeze it.
-        pooler = getattr(self.text_model, "pooler", None)
-        if pooler is not None and self.config.text_pooling != "pooler":
-            for param in pooler.parameters():
-                param.requires_grad = False
-        if n_frozen == 0:
-            return
-        embeddings = getattr(self.text_model, "embeddings", None)
-        layers = getattr(getattr(self.text_model, "encoder", None), "layer", None)
-        if embeddings is None or layers is None:
-            raise ValueError(
-                f"EtpConfig.freeze_text_layers={n_frozen} needs a BERT-like text model with `embeddings` and "
-                f"`encoder.layer`; {type(self.text_model).__name__} has not. Set freeze_text_layers to 0 or -1."
-            )
-        for module in [embeddings, *list(layers)[:n_frozen]]:
-            for param in module.parameters():
-                param.requires_grad = False
+        super().apply_freezing()
 
     @classmethod
     def from_ecg_text_pretrained(
@@ -342,19 +240,15 @@ class EtpModel(EtpPreTrainedModel):
         The projections and the logit scale are newly initialised; train before using the model.
         """
         # EtpConfig's own fields (text_pooling, ecg_pooling, ...) are not tower arguments.
-        config_fields = {f.name for f in dataclasses.fields(EtpConfig)}
-        tower_keys = [k for k in kwargs if k not in config_fields]
-        ecg_kwargs = {k[len("ecg_") :]: kwargs.pop(k) for k in tower_keys if k.startswith("ecg_")}
-        text_kwargs = {k[len("text_") :]: kwargs.pop(k) for k in tower_keys if k.startswith("text_")}
+        towers = split_tower_kwargs(kwargs, (f.name for f in dataclasses.fields(EtpConfig)), ("ecg_", "text_"))
+        ecg_kwargs, text_kwargs = towers["ecg_"], towers["text_"]
         if isinstance(ecg_model_name_or_path, EcgResNetConfig):
             ecg_model = EcgResNetModel(ecg_model_name_or_path)
         elif ecg_model_name_or_path is None:
             ecg_model = EcgResNetModel(EcgResNetConfig(**ecg_kwargs))
         else:
             ecg_model = EcgResNetModel.from_pretrained(ecg_model_name_or_path, **ecg_kwargs)
-        if text_model_name_or_path is None:
-            raise ValueError("from_ecg_text_pretrained needs text_model_name_or_path (a path or Hub id)")
-        text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
+        text_model = load_text_tower(text_model_name_or_path, **text_kwargs)
         # Building the composite config resets the sub-config's attention implementation: keep the loaded one.
         text_attention = text_model.config._attn_implementation
         config = EtpConfig(ecg_config=ecg_model.config, text_config=text_model.config, **kwargs)
@@ -398,59 +292,6 @@ class EtpModel(EtpPreTrainedModel):
             hidden_states=ecg_output.hidden_states,
         )
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.config.freeze_text_layers == -1:
-            # A fully frozen text tower is a fixed feature map: no dropout in it while training.
-            self.text_model.eval()
-        # Cached text features belong to the weights at hand; a mode switch is when they may change
-        # (loading another checkpoint, a new training phase), so start afresh.
-        self._text_feature_cache = {}
-        return self
-
-    def _text_pooled(self, text_kwargs: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
-        """``(text_output or None, pooled (batch, text_hidden))``, through the cache when enabled."""
-        use_cache = self.config.cache_text_features and "position_ids" not in text_kwargs
-        if not use_cache:
-            text_output = self.text_model(input_ids=input_ids, return_dict=True, **text_kwargs)
-            return text_output, self._pool_text(text_output, attention_mask)
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        token_types = text_kwargs.get("token_type_ids")
-        keys = []
-        for row in range(input_ids.shape[0]):
-            valid = mask[row].bool()
-            ids = tuple(input_ids[row][valid].tolist())
-            types = tuple(token_types[row][valid].tolist()) if token_types is not None else ()
-            keys.append((ids, types))
-        missing = sorted({i for i, key in enumerate(keys) if key not in self._text_feature_cache})
-        text_output = None
-        if missing:
-            index = torch.tensor(missing, device=input_ids.device)
-            sub_kwargs = {k: v.index_select(0, index) for k, v in text_kwargs.items() if v is not None}
-            with torch.no_grad():
-                text_output = self.text_model(input_ids=input_ids.index_select(0, index), return_dict=True, **sub_kwargs)
-                pooled = self._pool_text(text_output, sub_kwargs.get("attention_mask"))
-            for row, vector in zip(missing, pooled):
-                self._text_feature_cache[keys[row]] = vector.detach()
-            if len(missing) < input_ids.shape[0]:
-                text_output = None  # token states exist for the uncached rows only
-        pooled = torch.stack([self._text_feature_cache[key] for key in keys]).to(input_ids.device)
-        return text_output, pooled
-
-    def _pool_text(self, text_output, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        pooling = self.config.text_pooling
-        if pooling == "pooler":
-            if getattr(text_output, "pooler_output", None) is None:
-                raise ValueError("text_pooling='pooler' but the text model returns no pooler_output")
-            return text_output.pooler_output
-        hidden = text_output.last_hidden_state
-        if pooling == "cls":
-            return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        weights = attention_mask[:, :, None].to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
     def get_text_features(
         self,
         input_ids: torch.Tensor,
@@ -470,12 +311,7 @@ class EtpModel(EtpPreTrainedModel):
             (not yet normalised) embedding; ``last_hidden_state`` the text tower's token states (``None``
             when ``config.cache_text_features`` served some rows from the cache).
         """
-        text_kwargs = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
-            text_kwargs["token_type_ids"] = token_type_ids
-        if position_ids is not None:
-            text_kwargs["position_ids"] = position_ids
-        text_output, pooled = self._text_pooled(text_kwargs, input_ids, attention_mask)
+        text_output, pooled = self.encode_text(input_ids, attention_mask, token_type_ids, position_ids)
         return BaseModelOutputWithPooling(
             last_hidden_state=getattr(text_output, "last_hidden_state", None),
             pooler_output=self.text_projection(pooled),
@@ -562,7 +398,7 @@ class EtpModel(EtpPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-class EtpForSequenceClassification(EtpPreTrainedModel):
+class EtpForSequenceClassification(SequenceClassificationHeadMixin, EtpPreTrainedModel):
     """ETP's ECG tower with a linear head, for linear probing and fine-tuning.
 
     The head reads the 512-d masked mean of the last ResNet map (MERL's probe feature, before the
@@ -572,24 +408,9 @@ class EtpForSequenceClassification(EtpPreTrainedModel):
 
     def __init__(self, config: EtpConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.ecg_encoder = EcgResNetModel(config.ecg_config)
-        self.dropout = nn.Dropout(config.ecg_config.classifier_dropout)
-        self.classifier = nn.Linear(config.ecg_config.hidden_size, config.num_labels)
+        self.ecg_encoder = ecg_tower_class(config.ecg_config)(config.ecg_config)
+        self.init_classification_head(config.ecg_config.hidden_size, config.ecg_config.classifier_dropout)
         self.post_init()
-
-    def freeze_base_model(self) -> None:
-        """Freeze the ECG tower (weights and BatchNorm statistics) for linear probing."""
-        for param in self.ecg_encoder.parameters():
-            param.requires_grad = False
-        self._base_frozen = True
-        self.ecg_encoder.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if getattr(self, "_base_frozen", False):
-            self.ecg_encoder.eval()
-        return self
 
     def forward(
         self,
@@ -614,8 +435,7 @@ class EtpForSequenceClassification(EtpPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         mask = ecg_attention_mask if ecg_attention_mask is not None else attention_mask
         outputs = self.ecg_encoder(input_values, attention_mask=mask, lead_mask=lead_mask, return_dict=True)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        logits, loss = self.classify(outputs.pooler_output, labels)
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutput(loss=loss, logits=logits)
@@ -626,6 +446,4 @@ __all__ = [
     "EtpModel",
     "EtpOutput",
     "EtpPreTrainedModel",
-    "contrastive_loss",
-    "gather_features",
 ]

@@ -345,7 +345,7 @@ def test_save_load_round_trip_is_exact(tmp_path, model_class, auto_class):
     torch.manual_seed(0)
     model = model_class(tiny_config(num_labels=3)).eval()
     if isinstance(model, EcgJepaForPreTraining):
-        model.update_target_encoder(0.5)  # make the target differ from the context encoder
+        model.update_ema_teacher(0.5)  # make the target differ from the context encoder
         with torch.no_grad():
             for param in model.ecg_jepa.parameters():
                 param.add_(0.01)
@@ -509,7 +509,7 @@ def test_target_encoder_gets_no_gradient_and_moves_only_by_ema():
         moved += int(not torch.equal(before, target))
     assert moved > 0
     frozen = [p.detach().clone() for p in model.target_encoder.parameters()]
-    model.update_target_encoder(1.0)
+    model.update_ema_teacher(1.0)
     assert all(torch.equal(a, b) for a, b in zip(frozen, model.target_encoder.parameters()))
 
 

@@ -13,8 +13,9 @@ from ecg_hub.modeling import EcgFeatureExtractor
 from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
 from ecg_hub.modeling.configuration_etp import DEFAULT_TEXT_MODEL, EtpConfig
 from ecg_hub.modeling.leads import MIMIC_LEADS, STANDARD_LEADS
-from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetModel, average_batchnorm_statistics
-from ecg_hub.modeling.modeling_etp import EtpForSequenceClassification, EtpModel, contrastive_loss
+from ecg_hub.modeling.contrastive import average_batchnorm_statistics, contrastive_loss
+from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetModel
+from ecg_hub.modeling.modeling_etp import EtpForSequenceClassification, EtpModel
 from ecg_hub.modeling.processing_etp import EtpProcessor
 from transformers import (
     AutoModel,
