@@ -40,14 +40,12 @@ def main() -> None:
     import ecg_hub  # noqa: F401
     from ecg_hub.data.collators import EcgCollator
     from ecg_hub.data.labels import multi_hot
+    from ecg_hub.data.splits import load_splits
     from ecg_hub.data.synthetic import prepare_synthetic
     from ecg_hub.evaluation.linear_probe import LinearProbeConfig, extract_features, train_linear_probe
     from ecg_hub.evaluation.metrics import make_compute_metrics, make_preprocess_logits
-    from ecg_hub.training.finetune import (
-        EcgTrainer,
-        load_classification_model,
-        load_splits,
-    )
+    from ecg_hub.loading import load_classification_model
+    from ecg_hub.training.finetune import EcgTrainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

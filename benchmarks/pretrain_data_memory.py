@@ -72,7 +72,7 @@ def read_epoch(path: str, streaming: bool) -> dict:
     import torch
 
     from ecg_hub.recipe import instantiate, load_recipe
-    from ecg_hub.training.data import build_train_dataloader
+    from ecg_hub.training.dataloading import build_train_dataloader
     from ecg_hub.training.pretrain import PretrainRecipe, _load_dataset
 
     torch.set_num_threads(1)

@@ -1,12 +1,15 @@
 """ecg-hub: ECG foundation models as first-class Hugging Face ``transformers`` models.
 
 Importing ``ecg_hub`` registers every ecg-hub config, model, feature extractor, processor and
-pipeline with the ``transformers`` Auto classes.
+pipeline with the ``transformers`` Auto classes (as the families declare them in
+``ecg_hub.modeling.registry``), and every public model class is importable from here:
+``from ecg_hub import EcgJepaConfig, EcgJepaModel``.
 """
 
-from .modeling import STANDARD_LEADS, EcgFeatureExtractor, register_all
-
-__version__ = "0.1.0"
+from .modeling import *  # noqa: F403  (the public model classes, configs and processors)
+from .modeling import __all__ as _modeling_all
+from .modeling import register_all
+from .version import __version__
 
 register_all()
 
@@ -14,6 +17,6 @@ from .pipelines import register_pipelines  # noqa: E402
 
 register_pipelines()
 
-from .hub import list_checkpoints  # noqa: E402  (standard library only at import time)
+from .hub import list_pretrained_checkpoints  # noqa: E402
 
-__all__ = ["STANDARD_LEADS", "EcgFeatureExtractor", "__version__", "list_checkpoints"]
+__all__ = [*_modeling_all, "__version__", "list_pretrained_checkpoints"]

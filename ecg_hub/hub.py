@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .results import load_results
+
 logger = logging.getLogger(__name__)
 
 #: File patterns that hold pickled (or non-PyTorch) weights. They are never uploaded or downloaded.
@@ -49,29 +51,6 @@ UNSAFE_WEIGHT_PATTERNS = [
     "*.msgpack",
     "*.npz",
 ]
-
-#: Model families with a model-card template in ``model_cards/<family>.md``.
-FAMILIES = ("ecg_jepa", "ecg2tok", "etp", "melp")
-
-#: ``config.model_type`` -> model family (ETP's ECG tower is the ResNet18-1D ``ecg_resnet``).
-FAMILY_BY_MODEL_TYPE = {
-    "ecg_jepa": "ecg_jepa",
-    "ecg2tok": "ecg2tok",
-    "ecg2tok_tokenizer": "ecg2tok",
-    "etp": "etp",
-    "etp_ecg": "etp",
-    "ecg_resnet": "etp",
-    "melp": "melp",
-}
-
-#: Auto classes whose ``auto_map`` entries a published checkpoint may carry.
-_AUTO_MODEL_CLASSES = (
-    "AutoModel",
-    "AutoModelForPreTraining",
-    "AutoModelForSequenceClassification",
-    "AutoModelForAudioClassification",
-    "AutoModelForMaskedLM",
-)
 
 # Lower bounds written to the published requirements.txt (one comparison per line: transformers'
 # `check_python_requirements` only parses `name<op>version`). Remote code may import only these.
@@ -108,14 +87,15 @@ _TASK_TYPE_BY_PROTOCOL = {"zero-shot": "zero-shot-ecg-classification"}
 
 @dataclass(frozen=True)
 class HubCheckpoint:
-    """One checkpoint in the ecg-hub catalogue.
+    """One checkpoint in the ecg-hub catalogue (a family's ``CheckpointEntry`` with its family).
 
     Attributes:
         repo_id: Hub repo id (``"ecg-hub/ecg-jepa-multiblock"``).
-        family: model family (``"ecg_jepa"``, ``"ecg2tok"``, ``"etp"``, ``"melp"``).
+        family: model family (``"ecg_jepa"``, ``"etp"``, ...).
         input_preset: name of the :meth:`EcgFeatureExtractor.from_preset` input contract it expects.
         architecture: the ``transformers`` class ``from_pretrained`` builds from it.
         description: one line about what it is.
+        status: ``published`` (weights on the Hub) or ``planned`` (not uploaded yet).
     """
 
     repo_id: str
@@ -123,64 +103,21 @@ class HubCheckpoint:
     input_preset: str
     architecture: str
     description: str
+    status: str
 
 
-_CATALOGUE = (
-    HubCheckpoint(
-        "ecg-hub/ecg-jepa-multiblock",
-        "ecg_jepa",
-        "ecg_jepa",
-        "EcgJepaModel",
-        "ECG-JEPA encoder (768/12/16, CroPA) converted from the authors' multi-block checkpoint, 8 leads at 250 Hz",
-    ),
-    HubCheckpoint(
-        "ecg-hub/ecg-jepa-random",
-        "ecg_jepa",
-        "ecg_jepa",
-        "EcgJepaModel",
-        "ECG-JEPA encoder converted from the authors' random-masking checkpoint, 8 leads at 250 Hz",
-    ),
-    HubCheckpoint(
-        "ecg-hub/ecg-jepa-multiblock-ptbxl-superclass",
-        "ecg_jepa",
-        "ecg_jepa_finetune",
-        "EcgJepaForSequenceClassification",
-        "ECG-JEPA multi-block fine-tuned on PTB-XL superclasses (folds 1-8/9/10), multi-label",
-    ),
-    HubCheckpoint(
-        "ecg-hub/ecg2tok-base",
-        "ecg2tok",
-        "ecg_jepa",
-        "Ecg2TokModel",
-        "ECG2TOK-style encoder pretrained by ecg-hub (project design from the paper abstract), 8 leads at 250 Hz",
-    ),
-    HubCheckpoint(
-        "ecg-hub/etp-resnet18",
-        "etp",
-        "etp",
-        "EtpModel",
-        "ETP ECG-text dual encoder: ResNet18-1D ECG tower + BERT text tower, zero-shot by prompts, 12 leads at 500 Hz",
-    ),
-    HubCheckpoint(
-        "ecg-hub/melp-base",
-        "melp",
-        "melp",
-        "MelpModel",
-        "MELP multi-scale ECG-language model (wav2vec2 ECG tower, heart_bert text tower), 12 leads at 500 Hz",
-    ),
-)
+def list_pretrained_checkpoints(family: str | None = None) -> list[HubCheckpoint]:
+    """The checkpoints of the ecg-hub catalogue (optionally of one ``family``), as the families
+    declare them, with each one's input preset and status (``planned`` ones are not uploaded yet:
+    ``ecg-hub download`` then reports that the repo does not exist)."""
+    from .modeling.registry import families, get_family
 
-
-def list_checkpoints(family: str | None = None) -> list[HubCheckpoint]:
-    """The checkpoints ecg-hub publishes on the Hub (optionally one ``family``), with the model
-    family and the feature-extractor input preset of each.
-
-    These are the names the project publishes under; a name may be listed before its weights are
-    uploaded (``ecg-hub download`` then reports that the repo does not exist).
-    """
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known families: {list(FAMILIES)}")
-    return [c for c in _CATALOGUE if family is None or c.family == family]
+    chosen = [get_family(family)] if family is not None else list(families().values())
+    return [
+        HubCheckpoint(c.repo_id, f.name, c.input_preset, c.architecture, c.description, c.status)
+        for f in chosen
+        for c in f.checkpoints
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,49 +125,7 @@ def list_checkpoints(family: str | None = None) -> list[HubCheckpoint]:
 # --------------------------------------------------------------------------------------------
 
 
-def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a results JSON written by ``ecg-hub evaluate``.
-
-    Raises:
-        ValueError: naming the file and the field when the JSON does not follow the format
-            ``{"model", "dataset": {"name", "label_set", ...}, "results": [{"protocol", "fraction",
-            "split", "seeds", "metrics": {name: float}, "metrics_std"?, "per_class_auroc"?}]}``.
-    """
-    path = Path(path)
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"results JSON {path}: cannot be read as JSON ({err})") from err
-
-    def fail(field: str, expectation: str) -> None:
-        raise ValueError(f"results JSON {path}: field {field!r} {expectation}")
-
-    if not isinstance(results, dict):
-        fail("<root>", "must be an object")
-    if not isinstance(results.get("model"), str):
-        fail("model", "must be the evaluated model directory or repo id (a string)")
-    dataset = results.get("dataset")
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
-        fail("dataset.name", "must be a string (e.g. 'ptbxl')")
-    if not isinstance(dataset.get("label_set"), str):
-        fail("dataset.label_set", "must be a string (e.g. 'superclass')")
-    entries = results.get("results")
-    if not isinstance(entries, list) or not entries:
-        fail("results", "must be a non-empty list of evaluation entries")
-    for i, entry in enumerate(entries):
-        where = f"results[{i}]"
-        if not isinstance(entry, dict):
-            fail(where, "must be an object")
-        for key, kind in (("protocol", str), ("split", str), ("fraction", (int, float)), ("metrics", dict)):
-            if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
-                fail(f"{where}.{key}", f"must be a {getattr(kind, '__name__', 'number')}")
-        if not entry["metrics"]:
-            fail(f"{where}.metrics", "must hold at least one metric")
-        for group in ("metrics", "metrics_std", "per_class_auroc"):
-            for name, value in (entry.get(group) or {}).items():
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    fail(f"{where}.{group}.{name}", f"must be a number, got {value!r}")
-    return results
+# load_results (the one reader of the results JSON) lives in ecg_hub.results; imported above.
 
 
 def _metric_config(entry: Mapping[str, Any]) -> str:
@@ -445,9 +340,10 @@ def _training_markdown(recipe_text: str | None) -> str:
 
 
 def _card_template(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"no model-card template for family {family!r}; known families: {list(FAMILIES)}")
-    return (importlib.resources.files("ecg_hub.model_cards") / f"{family}.md").read_text(encoding="utf-8")
+    from .modeling.registry import get_family
+
+    template = get_family(family).model_card
+    return (importlib.resources.files("ecg_hub.model_cards") / template).read_text(encoding="utf-8")
 
 
 def render_model_card(
@@ -576,7 +472,9 @@ def _registered_model_classes(config: Any) -> dict[str, type]:
     import transformers
 
     found = {}
-    for auto_name in _AUTO_MODEL_CLASSES:
+    from .modeling.registry import AUTO_MODEL_CLASSES
+
+    for auto_name in AUTO_MODEL_CLASSES:
         auto_cls = getattr(transformers, auto_name)
         with contextlib.suppress(KeyError, ValueError):
             found[auto_name] = auto_cls._model_mapping[type(config)]
@@ -603,12 +501,16 @@ def _load_checkpoint(model_dir: Path):
             )
         )
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
-    if family is None:
+    from .modeling.registry import families, family_of_model_type
+
+    declared = family_of_model_type(config.model_type)
+    if declared is None:
+        known = sorted(t for f in families().values() for t in f.model_types)
         raise ValueError(
             f"checkpoint {model_dir}: config.json model_type {config.model_type!r} is not an ecg-hub model "
-            f"(known: {sorted(FAMILY_BY_MODEL_TYPE)})"
+            f"(known: {known})"
         )
+    family = declared.name
     architectures = getattr(config, "architectures", None) or []
     registered = {cls.__name__: cls for cls in _registered_model_classes(config).values()}
     if not architectures or architectures[0] not in registered:

@@ -18,7 +18,6 @@ a ``(batch, leads, samples)`` array, or a ``datasets.Dataset`` (one result per r
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+
+from ecg_hub.prompt_ensemble import encode_class_prompts, pooled_embedding
+from ecg_hub.utils import accepted_kwargs
 
 ZERO_SHOT_TASK = "zero-shot-ecg-classification"
 FEATURE_EXTRACTION_TASK = "ecg-feature-extraction"
@@ -79,21 +81,9 @@ def _ecg_inputs(feature_extractor, ecg: Any, sampling_rate, leads, dtype: torch.
     return inputs
 
 
-def _call_with_accepted(method, **inputs):
-    """Call ``method`` with the inputs its signature names (all of them if it takes ``**kwargs``)."""
-    parameters = inspect.signature(method).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return method(**inputs)
-    return method(**{k: v for k, v in inputs.items() if k in parameters})
-
-
-def _pooled(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if pooled is None:
-        raise ValueError(f"{type(output).__name__} has no pooler_output to use as the ECG embedding")
-    return pooled
+def _embed(method, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``method`` (``get_ecg_features``, an encoder's ``forward``) on the inputs it accepts -> the embedding."""
+    return pooled_embedding(method(**accepted_kwargs(method, inputs)))
 
 
 def build_class_prompts(
@@ -143,7 +133,8 @@ def build_class_prompts(
 @torch.no_grad()
 def class_text_embeddings(model, processor_or_tokenizer, class_prompts: list[list[str]], max_length: int | None = None) -> torch.Tensor:
     """``(num_classes, dim)`` L2-normalised class embeddings: the normalised mean of each class's
-    normalised prompt embeddings (open_clip's zero-shot classifier, MERL's CKEPE ensembling)."""
+    normalised prompt embeddings (open_clip's zero-shot classifier, MERL's CKEPE ensembling;
+    :func:`ecg_hub.prompt_ensemble.ensemble_class_embeddings`)."""
     flat = [prompt for prompts in class_prompts for prompt in prompts]
     device = next(model.parameters()).device
     if hasattr(processor_or_tokenizer, "feature_extractor"):  # an EtpProcessor-like processor
@@ -154,12 +145,7 @@ def class_text_embeddings(model, processor_or_tokenizer, class_prompts: list[lis
             flat, padding=True, truncation=True, max_length=max_length or 256, return_tensors="pt"
         )
     tokens = {k: v.to(device) for k, v in tokens.items()}
-    text = F.normalize(_pooled(_call_with_accepted(model.get_text_features, **tokens)).float(), dim=-1)
-    per_class, start = [], 0
-    for prompts in class_prompts:
-        per_class.append(text[start : start + len(prompts)].mean(0))
-        start += len(prompts)
-    return F.normalize(torch.stack(per_class), dim=-1)
+    return encode_class_prompts(model, tokens, class_prompts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,7 +265,7 @@ class ZeroShotEcgClassificationPipeline(Pipeline):
         # ETP names the ECG time mask ecg_attention_mask (the text owns attention_mask).
         if "attention_mask" in inputs:
             inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
-        ecg = F.normalize(_pooled(_call_with_accepted(self.model.get_ecg_features, **inputs)).float(), dim=-1)
+        ecg = F.normalize(_embed(self.model.get_ecg_features, inputs).float(), dim=-1)
         cosine = ecg @ class_embeddings.to(ecg.device).t()
         scale = getattr(self.model, "logit_scale", None)
         scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 1.0
@@ -379,9 +365,9 @@ class EcgFeatureExtractionPipeline(Pipeline):
         if embedding == "projection":
             if "attention_mask" in inputs:
                 inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
-            vector = _pooled(_call_with_accepted(self.model.get_ecg_features, **inputs))
+            vector = _embed(self.model.get_ecg_features, inputs)
         else:
-            vector = _pooled(_call_with_accepted(self._encoder().forward, **inputs))
+            vector = _embed(self._encoder().forward, inputs)
         if normalize if normalize is not None else embedding == "projection":
             vector = F.normalize(vector, dim=-1)
         return {"embedding": vector[0]}

@@ -11,6 +11,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .leads import INDEPENDENT_LEADS, canonicalize_leads
+from .registry import CheckpointEntry, ModelFamily, ModelType
 
 
 @strict
@@ -161,4 +162,61 @@ class EcgJepaConfig(PreTrainedConfig):
         return self.num_samples // self.patch_size
 
 
-__all__ = ["EcgJepaConfig"]
+#: The ECG-JEPA family: model types, input contract, card, pipelines and catalogue (see ``registry``).
+FAMILY = ModelFamily(
+    name="ecg_jepa",
+    title="ECG-JEPA",
+    paper="Kim, ECG-JEPA: learning ECG representations via joint-embedding predictive architecture (arXiv 2410.08559, 2024)",
+    model_types={
+        "ecg_jepa": ModelType(
+            config="configuration_ecg_jepa.EcgJepaConfig",
+            models={
+                "AutoModel": "modeling_ecg_jepa.EcgJepaModel",
+                "AutoModelForPreTraining": "modeling_ecg_jepa.EcgJepaForPreTraining",
+                "AutoModelForSequenceClassification": "modeling_ecg_jepa.EcgJepaForSequenceClassification",
+            },
+        ),
+    },
+    input_presets={
+        # The pretrained encoder: 8 independent leads, 10 s at 250 Hz, physical units (mV), no filter.
+        "ecg_jepa": {
+            "sampling_rate": 250,
+            "leads": list(INDEPENDENT_LEADS),
+            "num_samples": 2500,
+            "normalization": "none",
+            "bandpass": None,
+        },
+        # The official fine-tuning scripts: the same input plus a 0.67-40 Hz order-5 Butterworth band-pass.
+        "ecg_jepa_finetune": {
+            "sampling_rate": 250,
+            "leads": list(INDEPENDENT_LEADS),
+            "num_samples": 2500,
+            "normalization": "none",
+            "bandpass": [0.67, 40.0],
+            "filter_order": 5,
+        },
+    },
+    pipelines=("ecg-feature-extraction",),
+    checkpoints=(
+        CheckpointEntry(
+            "ecg-hub/ecg-jepa-multiblock",
+            "EcgJepaModel",
+            "ecg_jepa",
+            "ECG-JEPA encoder (768/12/16, CroPA) converted from the authors' multi-block checkpoint, 8 leads at 250 Hz",
+        ),
+        CheckpointEntry(
+            "ecg-hub/ecg-jepa-random",
+            "EcgJepaModel",
+            "ecg_jepa",
+            "ECG-JEPA encoder converted from the authors' random-masking checkpoint, 8 leads at 250 Hz",
+        ),
+        CheckpointEntry(
+            "ecg-hub/ecg-jepa-multiblock-ptbxl-superclass",
+            "EcgJepaForSequenceClassification",
+            "ecg_jepa_finetune",
+            "ECG-JEPA multi-block fine-tuned on PTB-XL superclasses (folds 1-8/9/10), multi-label",
+        ),
+    ),
+)
+
+__all__ = ["FAMILY", "EcgJepaConfig"]

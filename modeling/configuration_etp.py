@@ -17,6 +17,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_ecg_resnet import EcgResNetConfig
 from .leads import MIMIC_LEADS
+from .registry import CheckpointEntry, ModelFamily, ModelType
 
 #: The ECG towers an ETP model can hold, by ``model_type``. Resolved here rather than through the
 #: Auto registry so that Hub remote code (where ecg-hub is not installed) resolves them too. A new
@@ -156,4 +157,49 @@ class EtpConfig(PreTrainedConfig):
         return math.log(1.0 / self.temperature)
 
 
-__all__ = ["BIO_CLINICAL_BERT_CONFIG", "DEFAULT_TEXT_MODEL", "ECG_TOWER_CONFIGS", "EtpConfig"]
+#: MERL's input (same authors as ETP): 12 leads in MIMIC order (aVF before aVL), 10 s at 500 Hz,
+#: one min-max over the record to [0, 1].
+MERL_INPUT = {
+    "sampling_rate": 500,
+    "leads": list(MIMIC_LEADS),
+    "num_samples": 5000,
+    "normalization": "minmax_record",
+    "bandpass": None,
+}
+
+#: The ETP family (the dual encoder and its ResNet18-1D ECG tower on its own; see ``registry``).
+FAMILY = ModelFamily(
+    name="etp",
+    title="ETP",
+    paper="Liu et al., ETP: learning transferable ECG representations via ECG-text pre-training (ICASSP 2024)",
+    model_types={
+        "etp": ModelType(
+            config="configuration_etp.EtpConfig",
+            models={
+                "AutoModel": "modeling_etp.EtpModel",
+                "AutoModelForSequenceClassification": "modeling_etp.EtpForSequenceClassification",
+            },
+            processor="processing_etp.EtpProcessor",
+        ),
+        "ecg_resnet": ModelType(
+            config="configuration_ecg_resnet.EcgResNetConfig",
+            models={
+                "AutoModel": "modeling_ecg_resnet.EcgResNetModel",
+                "AutoModelForSequenceClassification": "modeling_ecg_resnet.EcgResNetForSequenceClassification",
+            },
+        ),
+    },
+    # "merl" names the same contract for MERL checkpoints.
+    input_presets={"etp": MERL_INPUT, "merl": MERL_INPUT},
+    pipelines=("ecg-feature-extraction", "zero-shot-ecg-classification"),
+    checkpoints=(
+        CheckpointEntry(
+            "ecg-hub/etp-resnet18",
+            "EtpModel",
+            "etp",
+            "ETP ECG-text dual encoder: ResNet18-1D ECG tower + BERT text tower, zero-shot by prompts, 12 leads at 500 Hz",
+        ),
+    ),
+)
+
+__all__ = ["BIO_CLINICAL_BERT_CONFIG", "DEFAULT_TEXT_MODEL", "ECG_TOWER_CONFIGS", "FAMILY", "EtpConfig"]

@@ -30,44 +30,15 @@ from scipy import signal as scipy_signal
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 
-from .leads import DERIVABLE_LIMB_LEADS, INDEPENDENT_LEADS, MIMIC_LEADS, STANDARD_LEADS, canonicalize_leads
+from .leads import DERIVABLE_LIMB_LEADS, STANDARD_LEADS, canonicalize_leads
 from .leads import derive_limb_leads as _derive_limb_leads
+from .registry import input_preset
 
 CROP_POLICIES = ("start", "center", "random")
 NORMALIZATIONS = ("none", "zscore_lead", "minmax_record")
 RESAMPLE_METHODS = ("polyphase", "fft")
 UNITS_TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
 
-#: Named input contracts of the published models (see ``../shared/reference``).
-PRESETS: dict[str, dict[str, Any]] = {
-    # ECG-JEPA pretrained encoder: 8 independent leads, 10 s at 250 Hz, physical units, no filter.
-    "ecg_jepa": {
-        "sampling_rate": 250,
-        "leads": list(INDEPENDENT_LEADS),
-        "num_samples": 2500,
-        "normalization": "none",
-        "bandpass": None,
-    },
-    # ECG-JEPA fine-tuning scripts: the same input plus a 0.67-40 Hz order-5 Butterworth band-pass.
-    "ecg_jepa_finetune": {
-        "sampling_rate": 250,
-        "leads": list(INDEPENDENT_LEADS),
-        "num_samples": 2500,
-        "normalization": "none",
-        "bandpass": [0.67, 40.0],
-        "filter_order": 5,
-    },
-    # MERL / MELP (and ETP, same authors): 12 leads in MIMIC order, 10 s at 500 Hz, record min-max to [0, 1].
-    "merl": {
-        "sampling_rate": 500,
-        "leads": list(MIMIC_LEADS),
-        "num_samples": 5000,
-        "normalization": "minmax_record",
-        "bandpass": None,
-    },
-}
-PRESETS["melp"] = dict(PRESETS["merl"])
-PRESETS["etp"] = dict(PRESETS["merl"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,11 +221,9 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_preset(cls, name: str, **overrides) -> EcgFeatureExtractor:
-        """The input contract of a published model: ``"ecg_jepa"``, ``"ecg_jepa_finetune"``,
-        ``"merl"`` (= ``"melp"`` = ``"etp"``). Keyword arguments override single fields."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown feature-extractor preset {name!r}; known presets: {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        """The input contract a model family declares (``registry.input_presets()``: ``"ecg_jepa"``,
+        ``"ecg_jepa_finetune"``, ``"etp"`` = ``"merl"``, ...). Keyword arguments override single fields."""
+        return cls(**{**input_preset(name), **overrides})
 
     @property
     def num_leads(self) -> int:

@@ -365,6 +365,7 @@ class EcgJepaPreTrainingOutput(ModelOutput):
         masked_time_patches: ``(patches,)`` bool, the time slots hidden from the context encoder.
         context_last_hidden_state: ``(batch, leads * visible, hidden_size)`` context-encoder output.
         hidden_states / attentions: of the context encoder, when requested.
+        losses: the named terms of ``loss`` for logging, ``{"latent_prediction": loss}``.
     """
 
     loss: torch.FloatTensor | None = None
@@ -374,6 +375,7 @@ class EcgJepaPreTrainingOutput(ModelOutput):
     context_last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    losses: dict[str, torch.FloatTensor] | None = None
 
 
 class EcgJepaForPreTraining(EmaTeacherMixin, EcgJepaPreTrainedModel):
@@ -506,6 +508,7 @@ class EcgJepaForPreTraining(EmaTeacherMixin, EcgJepaPreTrainedModel):
             context_last_hidden_state=context.last_hidden_state,
             hidden_states=context.hidden_states,
             attentions=context.attentions,
+            losses={"latent_prediction": loss},
         )
 
 

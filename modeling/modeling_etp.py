@@ -54,6 +54,7 @@ class EtpOutput(ModelOutput):
         text_embeds: ``(text_batch, projection_dim)`` L2-normalised text embeddings.
         ecg_model_output: output of the ECG tower ([`EcgResNetModelOutput`]).
         text_model_output: output of the text tower (``BaseModelOutputWithPooling``).
+        losses: the named terms of ``loss`` for logging, ``{"contrastive": loss}``, when computed.
     """
 
     loss: torch.FloatTensor | None = None
@@ -63,6 +64,7 @@ class EtpOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     ecg_model_output: ModelOutput | None = None
     text_model_output: ModelOutput | None = None
+    losses: dict[str, torch.FloatTensor] | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -394,6 +396,7 @@ class EtpModel(TextTowerMixin, EtpPreTrainedModel):
             text_embeds=text_embeds,
             ecg_model_output=ecg_features,
             text_model_output=text_features,
+            losses={"contrastive": loss} if loss is not None else None,
         )
         return output if return_dict else output.to_tuple()
 

@@ -326,9 +326,17 @@ def test_zero_shot_after_short_cpu_pretraining_on_synthetic_reports(tmp_path):
 
     recipe = load_recipe(
         "recipes/etp/pretrain_synthetic_tiny.yaml",
-        overrides=[f"output_dir={tmp_path / 'run'}", "training.progress_bar=false"],
+        overrides=[f"output_dir={tmp_path / 'run'}", "training.progress_bar=false", "tracking.log_with=[tensorboard]"],
     )
     result = pretrain(recipe)
+    # The named loss term reaches the summary and the TensorBoard logs (the loop's multi-loss contract).
+    assert set(result.summary["final_losses"]) == {"contrastive"}
+    assert result.summary["final_losses"]["contrastive"] == pytest.approx(result.summary["final_loss"], rel=1e-6)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [EventAccumulator(str(p.parent)).Reload() for p in (tmp_path / "run" / "logs").rglob("events.out.*")]
+    tags = {tag for accumulator in events for tag in accumulator.Tags()["scalars"]}
+    assert {"train/loss", "train/loss/contrastive", "train/logit_scale"} <= tags
     model_dir = result.summary["model_dir"]
     model = AutoModel.from_pretrained(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)

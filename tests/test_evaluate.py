@@ -15,7 +15,7 @@ from ecg_hub.evaluation.linear_probe import (
     LinearProbeConfig,
     cached_features,
     extract_features,
-    predict_scores,
+    head_scores,
     train_linear_probe,
 )
 from ecg_hub.evaluation.metrics import classification_metrics
@@ -108,13 +108,13 @@ def test_linear_probe_on_cached_features_selects_on_validation():
     best = max(h["val_macro_auroc"] for h in probe.history)
     assert probe.val_metrics["macro_auroc"] == pytest.approx(best)
     assert probe.history[probe.best_epoch - 1]["val_macro_auroc"] == pytest.approx(best)
-    test_scores = predict_scores(probe.head, x_test, "multi_label_classification")
+    test_scores = head_scores(probe.head, x_test, "multi_label_classification")
     assert roc_auc_score(y_test, test_scores, average="macro") > 0.95
     # Single-label (cross-entropy) on the same features.
     single = train_linear_probe(
         x_train, y_train.argmax(1), x_val, y_val.argmax(1), problem_type="single_label_classification", config=config
     )
-    scores = predict_scores(single.head, x_test, "single_label_classification")
+    scores = head_scores(single.head, x_test, "single_label_classification")
     assert np.allclose(scores.sum(1), 1) and classification_metrics(y_test.argmax(1), scores)["macro_auroc"] > 0.95
 
 
@@ -190,7 +190,7 @@ def test_evaluate_cli_linear_probe_writes_results_json(tmp_path, capsys):
 
 
 def test_random_init_baseline_changes_features(tmp_path):
-    from ecg_hub.evaluation.protocol import load_backbone
+    from ecg_hub.loading import load_backbone
 
     model_dir = tiny_resnet_dir(tmp_path)
     pretrained = load_backbone(str(model_dir))
@@ -345,3 +345,54 @@ def test_zero_shot_plugs_into_etp_model_and_processor():
     expected = (ecg_embeds @ torch.stack(classes).T).numpy()
     np.testing.assert_allclose(metrics["scores"], expected, atol=1e-5)
     assert set(metrics) >= {"macro_auroc", "macro_auprc", "fmax", "per_class_auroc"}
+
+
+# --- shared helpers: results schema, atomic JSON, keyword filter ---------------------------------
+
+
+def test_results_writer_checks_the_schema_and_the_reader_reads_it(tmp_path):
+    from ecg_hub.results import ResultsDocument, aggregate_runs, load_results, score_run, write_results
+
+    _, (_, y_val), (_, y_test) = _cluster_splits()
+    rng = np.random.default_rng(0)
+    val_scores, test_scores = rng.random(y_val.shape), rng.random(y_test.shape)
+    run = score_run(7, 300, y_val, val_scores, y_test, test_scores, CLASSES, bootstrap=20, epochs=3.0)
+    assert run["seed"] == 7 and run["epochs"] == 3.0 and set(run["ci95"]) >= {"macro_auroc"}
+    entry = aggregate_runs("finetune", 1.0, [run], CLASSES)
+    assert entry["train_records"] == 300 and entry["metrics_std"]["macro_auroc"] == 0.0
+    assert entry["metrics_ci95"] == run["ci95"] and entry["runs"][0]["epochs"] == 3.0
+    dataset = {"name": "toy", "label_set": "toy", "class_names": CLASSES}
+    document = ResultsDocument(model="m", dataset=dataset, init="random", results=[entry])
+    written = document.write(tmp_path / "sub" / "results.json")
+    assert load_results(tmp_path / "sub" / "results.json") == written == document.to_dict()
+    assert list(written) == ["ecg_hub_version", "model", "init", "dataset", "results"]
+    assert not list((tmp_path / "sub").glob(".*.tmp"))  # the temporary file is gone
+    bad = dict(written, results=[dict(entry, metrics={"macro_auroc": "high"})])
+    with pytest.raises(ValueError, match=r"results\[0\].metrics.macro_auroc"):
+        write_results(tmp_path / "bad.json", bad)
+    assert not (tmp_path / "bad.json").exists()
+    with pytest.raises(ValueError, match="init"):
+        ResultsDocument(model="m", dataset=dataset, init="warm")
+
+
+def test_write_json_atomic_and_accepted_kwargs(tmp_path):
+    from ecg_hub.utils import accepted_kwargs, accepts_var_kwargs, write_json_atomic
+
+    path = tmp_path / "a" / "b.json"
+    write_json_atomic(path, {"b": 1, "a": [1.5]})
+    assert path.read_text() == '{\n  "b": 1,\n  "a": [\n    1.5\n  ]\n}\n'
+    write_json_atomic(path, {"b": 1, "a": 2}, sort_keys=True)
+    assert list(json.loads(path.read_text())) == ["a", "b"] and [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+    def named(input_values, lead_mask=None):
+        return input_values
+
+    def anything(input_values, **kwargs):
+        return kwargs
+
+    inputs = {"input_values": 1, "lead_mask": 2, "attention_mask": 3}
+    assert accepted_kwargs(named, inputs) == {"input_values": 1, "lead_mask": 2}
+    assert accepted_kwargs(anything, inputs) == inputs
+    assert accepted_kwargs(anything, inputs, explicit_only=("lead_mask",)) == {"input_values": 1, "attention_mask": 3}
+    assert accepted_kwargs(named, inputs, explicit_only=("lead_mask",)) == {"input_values": 1, "lead_mask": 2}
+    assert accepts_var_kwargs(anything) and not accepts_var_kwargs(named)

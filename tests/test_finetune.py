@@ -10,12 +10,12 @@ import pytest
 import torch
 from ecg_hub.modeling import STANDARD_LEADS, EcgFeatureExtractor
 
+from ecg_hub.data.splits import load_splits
+from ecg_hub.loading import load_classification_model
 from ecg_hub.training.finetune import (
     EcgTrainer,
     finetune,
-    load_classification_model,
     load_finetune_recipe,
-    load_splits,
 )
 
 RHYTHMS = ["SR", "SB", "ST", "AF"]
@@ -145,3 +145,27 @@ def test_ptbxl_recipes_load(task):
     assert recipe.data.label_column == task
     assert recipe.data.problem_type == "multi_label_classification"
     json.dumps(recipe.training)  # plain values only
+
+
+def test_dataset_split_is_the_one_way_to_take_a_split(synthetic_dir):
+    import datasets
+
+    from ecg_hub.data.splits import dataset_split
+
+    full = datasets.load_from_disk(str(synthetic_dir))
+    splits = load_splits(synthetic_dir)
+    column = np.asarray(full["split"])
+    for name in ("train", "validation", "test"):
+        taken = dataset_split(full, name)
+        # The same rows, in order, and the same fingerprint as a plain Dataset.select (feature caches key on it).
+        expected = full.select(np.flatnonzero(column == name))
+        assert taken["record_id"] == expected["record_id"] == splits[name]["record_id"]
+        assert taken._fingerprint == expected._fingerprint == splits[name]._fingerprint
+        assert dataset_split(full, name, keep_in_memory=True)["record_id"] == expected["record_id"]
+        assert dataset_split(datasets.DatasetDict(splits), name) is splits[name]
+        streamed = dataset_split(full.select_columns(["record_id", "split"]).to_iterable_dataset(), name)
+        assert [row["record_id"] for row in streamed] == expected["record_id"]
+    with pytest.raises(ValueError, match="no split 'dev'"):
+        dataset_split(datasets.DatasetDict(splits), "dev")
+    with pytest.raises(ValueError, match="no 'fold' column"):
+        dataset_split(full, "train", column="fold")

@@ -236,6 +236,13 @@ def test_each_publish_is_one_commit_with_weights_preprocessing_remote_code_and_c
         "modeling_ecg_jepa.py",
         "feature_extraction_ecg.py",
         "leads.py",
+        # the shared components ECG-JEPA imports, and the (standard-library) family registry;
+        # nothing of the other families (no ETP, ResNet, contrastive or text-tower code)
+        "layers.py",
+        "masking.py",
+        "ema.py",
+        "heads.py",
+        "registry.py",
         "recipe.yaml",  # found beside the pretraining output's model folder
     }
     assert "recipe.yaml" not in v1.files  # v1 was saved without one
@@ -609,7 +616,7 @@ def test_failed_publish_leaves_the_remote_repo_unchanged_and_says_what_failed(
     finally:
         hub_server.state.faults.pop("commit", None)
     message = str(failure.value)
-    assert f"to {REPO_ID}@main failed while committing 9 files" in message
+    assert f"to {REPO_ID}@main failed while committing 14 files" in message
     assert f"The remote repo is unchanged: main is still at {published['v2']}" in message
     after = (dict(repo.branches), len(repo.commits), dict(repo.commits[repo.branches["main"]].files))
     assert after == before
@@ -717,14 +724,14 @@ def test_import_ecg_hub_registers_every_family_with_the_auto_classes():
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     import ecg_hub  # noqa: F401
-    from ecg_hub.hub import FAMILY_BY_MODEL_TYPE
+    from ecg_hub.modeling.registry import family_of_model_type
 
     registered = {
         t: c for t, c in CONFIG_MAPPING._extra_content.items() if c.__module__.startswith("ecg_hub.")
     }
     assert {"ecg_jepa", "etp", "ecg_resnet"} <= set(registered)
     for model_type, config_class in registered.items():
-        assert model_type in FAMILY_BY_MODEL_TYPE, f"{model_type}: no model family (and card) for publishing"
+        assert family_of_model_type(model_type) is not None, f"{model_type}: no model family (and card) for publishing"
         assert config_class in AutoModel._model_mapping, f"{model_type}: not registered with AutoModel"
         assert config_class in FEATURE_EXTRACTOR_MAPPING or config_class in PROCESSOR_MAPPING, (
             f"{model_type}: no AutoFeatureExtractor / AutoProcessor registration"
@@ -732,19 +739,19 @@ def test_import_ecg_hub_registers_every_family_with_the_auto_classes():
 
 
 def test_list_checkpoints_names_family_and_a_real_input_preset(capsys):
-    from ecg_hub.modeling.feature_extraction_ecg import PRESETS
-
     import ecg_hub
     from ecg_hub import hub
+    from ecg_hub.modeling.registry import families, input_presets
 
-    checkpoints = ecg_hub.list_checkpoints()
+    checkpoints = ecg_hub.list_pretrained_checkpoints()
     assert len({c.repo_id for c in checkpoints}) == len(checkpoints) >= 4
-    assert {c.family for c in checkpoints} == set(hub.FAMILIES)
+    assert {c.family for c in checkpoints} == set(families())
     for checkpoint in checkpoints:
-        assert checkpoint.repo_id.startswith("ecg-hub/") and checkpoint.input_preset in PRESETS
+        assert checkpoint.repo_id.startswith("ecg-hub/") and checkpoint.input_preset in input_presets()
+        assert checkpoint.status in ("published", "planned")
         assert hub._card_template(checkpoint.family).startswith("---\n{{ card_data }}\n---")
-    assert hub.list_checkpoints("ecg_jepa")[0].repo_id == "ecg-hub/ecg-jepa-multiblock"
+    assert hub.list_pretrained_checkpoints("ecg_jepa")[0].repo_id == "ecg-hub/ecg-jepa-multiblock"
     with pytest.raises(ValueError, match="unknown model family"):
-        hub.list_checkpoints("resnet")
+        hub.list_pretrained_checkpoints("resnet")
     assert _cli(["download", "--list"]) == 0
-    assert "ecg-hub/etp-resnet18\tetp\tetp" in capsys.readouterr().out
+    assert "ecg-hub/etp-resnet18\tetp\tetp\tplanned\t" in capsys.readouterr().out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from ecg_hub.evaluation.fractions import num_records_for_fraction, sample_label_fraction
+from ecg_hub.data.fractions import num_records_for_fraction, sample_label_fraction
 from ecg_hub.evaluation.metrics import (
     _rank_auroc,
     _step_average_precision,

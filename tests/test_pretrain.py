@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from ecg_hub.recipe import load_recipe
-from ecg_hub.training.data import EpochBatchSampler, SeededCollate, build_train_dataloader
-from ecg_hub.training.metrics import count_flops, model_flops_utilization, peak_flops_per_second
+from ecg_hub.training.dataloading import EpochBatchSampler, SeededCollate, build_train_dataloader
+from ecg_hub.training.throughput import count_flops, model_flops_utilization, peak_flops_per_second
 from ecg_hub.training.optim import build_lr_scheduler, build_param_groups
 from ecg_hub.training.pretrain import PretrainRecipe, pretrain
 
@@ -431,3 +431,74 @@ def test_flop_count_of_a_known_network_and_mfu():
     assert model_flops_utilization(175e9, 2000, 989.4e12) == pytest.approx(0.35375, rel=1e-4)
     assert model_flops_utilization(175e9, 4000, 989.4e12, num_devices=2) == pytest.approx(0.35375, rel=1e-4)
     assert peak_flops_per_second("cpu", "bf16") is None
+
+
+class TwoTermJepa:
+    """A pretraining model with two loss terms (ECG-JEPA's latent prediction plus a weighted spread
+    penalty on the predictions), to check that the loop logs every named term."""
+
+    def __new__(cls, config):
+        from ecg_hub.modeling import EcgJepaForPreTraining
+
+        class _TwoTerm(EcgJepaForPreTraining):
+            def forward(self, input_values=None, attention_mask=None, lead_mask=None, masked_time_patches=None, **kwargs):
+                output = super().forward(input_values, attention_mask, lead_mask, masked_time_patches, **kwargs)
+                spread = torch.relu(1.0 - output.predicted_features.std(dim=0)).mean()
+                output.losses = {"latent_prediction": output.loss, "spread": 0.1 * spread}
+                output.loss = output.loss + 0.1 * spread
+                return output
+
+        return _TwoTerm(config)
+
+
+def test_named_loss_terms_reach_the_summary_and_tensorboard(tmp_path, arrow_dataset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = pretrain(
+        _recipe(
+            tmp_path / "run",
+            arrow_dataset,
+            f"model._component_={__name__}.TwoTermJepa",
+            "training.max_steps=4",
+            "training.log_every_steps=2",
+            "tracking.log_with=[tensorboard]",
+        )
+    )
+    terms = result.summary["final_losses"]
+    assert set(terms) == {"latent_prediction", "spread"}
+    assert terms["latent_prediction"] + terms["spread"] == pytest.approx(result.summary["final_loss"], rel=1e-5)
+    assert terms["spread"] > 0
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["final_losses"] == pytest.approx(terms)
+    events = [EventAccumulator(str(p.parent)).Reload() for p in (tmp_path / "run" / "logs").rglob("events.out.*")]
+    scalars = {tag: acc.Scalars(tag) for acc in events for tag in acc.Tags()["scalars"]}
+    assert {"train/loss", "train/loss/latent_prediction", "train/loss/spread", "train/ema_momentum"} <= set(scalars)
+    assert [event.step for event in scalars["train/loss/spread"]] == [2, 4]
+
+
+class NoLeadMaskJepa:
+    """ECG-JEPA whose forward does not take ``lead_mask`` (which the collator produces)."""
+
+    def __new__(cls, config):
+        from ecg_hub.modeling import EcgJepaForPreTraining
+
+        class _NoLeadMask(EcgJepaForPreTraining):
+            def forward(self, input_values=None, attention_mask=None, masked_time_patches=None):
+                return super().forward(input_values, attention_mask, None, masked_time_patches)
+
+        return _NoLeadMask(config)
+
+
+def test_batch_keys_the_forward_does_not_take_are_an_error(tmp_path, arrow_dataset):
+    """A collator key the model's forward does not name is refused with the names, not dropped."""
+    recipe = _recipe(
+        tmp_path / "run", arrow_dataset, "training.max_steps=1", f"model._component_={__name__}.NoLeadMaskJepa"
+    )
+    with pytest.raises(ValueError, match=r"batch keys \['lead_mask'\].*does not take"):
+        pretrain(recipe)
+
+
+def test_feature_extractor_that_does_not_match_the_model_is_an_error(tmp_path, arrow_dataset):
+    recipe = _recipe(tmp_path / "run", arrow_dataset, "training.max_steps=1", "feature_extractor.sampling_rate=100")
+    with pytest.raises(ValueError, match=r"sampling_rate is 100 but model.config.sampling_rate is 50"):
+        pretrain(recipe)

@@ -2,8 +2,8 @@
 
 Only safetensors weights are downloaded (pickled ``*.bin``/``*.pt`` files are skipped). After one
 download, ``HF_HUB_OFFLINE=1`` loads the checkpoint from the cache without network access.
-``--list`` prints the checkpoints ecg-hub publishes (repo id, family, input preset); a listed name
-may not be uploaded yet.
+``--list`` prints the catalogue (repo id, family, input preset, status, description): ``planned``
+names are not uploaded yet.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ecg_hub.hub import download, list_checkpoints
+    from ecg_hub.hub import download, list_pretrained_checkpoints
 
     if args.list:
-        for checkpoint in list_checkpoints():
+        for checkpoint in list_pretrained_checkpoints():
             print(
-                f"{checkpoint.repo_id}\t{checkpoint.family}\t{checkpoint.input_preset}\t{checkpoint.description}"
+                f"{checkpoint.repo_id}\t{checkpoint.family}\t{checkpoint.input_preset}\t{checkpoint.status}\t"
+                f"{checkpoint.description}"
             )
         return 0
     if not args.repo_id:

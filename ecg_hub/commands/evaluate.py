@@ -85,8 +85,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ecg_hub.evaluation.linear_probe import LinearProbeConfig
-    from ecg_hub.evaluation.protocol import EvaluationSettings, evaluate_model, format_results_table
+    from ecg_hub.evaluation.protocol import EvaluationSettings, evaluate_model
     from ecg_hub.evaluation.zero_shot import load_class_prompts
+    from ecg_hub.results import format_results_table
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]

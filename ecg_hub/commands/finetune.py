@@ -30,8 +30,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ecg_hub.evaluation.protocol import format_results_table
     from ecg_hub.recipe import dump_recipe
+    from ecg_hub.results import format_results_table, load_results
     from ecg_hub.training.finetune import load_finetune_recipe, run_finetune_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -42,10 +42,7 @@ def run(args: argparse.Namespace) -> int:
     results = args.results or Path(recipe.output_dir) / "results.json"
     start = time.perf_counter()
     result = run_finetune_recipe(recipe, results_json=str(results))
-    import json
-
-    document = json.loads(Path(results).read_text(encoding="utf-8"))
-    print(format_results_table(document))
+    print(format_results_table(load_results(results)))
     print(
         f"best checkpoint: {result.best_checkpoint} (validation macro AUROC {result.val_metrics['macro_auroc']:.4f}); "
         f"saved to {Path(recipe.output_dir) / 'best'}; results: {results}  ({time.perf_counter() - start:.0f} s)"

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ecg_hub.data.collators import EcgCollator
+    from ecg_hub.inference import inference_loader
     from ecg_hub.modeling import EcgFeatureExtractor
 
     console = Console()
@@ -70,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]dataset[/bold] {where}: {len(dataset)} records ({made_s:.1f} s)")
 
     feature_extractor = EcgFeatureExtractor.from_preset(args.preset)
-    loader = torch.utils.data.DataLoader(
-        dataset.with_format("numpy"), batch_size=args.batch_size, collate_fn=EcgCollator(feature_extractor)
-    )
+    loader = inference_loader(dataset, feature_extractor, batch_size=args.batch_size)
     start = time.perf_counter()
     count, lead_present, amplitude = 0, 0.0, []
     for batch in loader:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -33,11 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ecg_hub.inference import collect_outputs
+from ecg_hub.loading import check_problem_type
+from ecg_hub.utils import accepted_kwargs
+
 from .metrics import classification_metrics, macro_auroc_fast, scores_from_logits
 
 logger = logging.getLogger(__name__)
 
-PROBLEM_TYPES = ("multi_label_classification", "single_label_classification")
+#: Batch entries a backbone's ``forward`` may take.
+BACKBONE_INPUTS = ("input_values", "attention_mask", "lead_mask")
 
 
 def backbone_of(model: nn.Module) -> nn.Module:
@@ -51,16 +55,11 @@ def backbone_of(model: nn.Module) -> nn.Module:
 
 
 def _forward_kwargs(module: nn.Module, batch: dict) -> dict:
-    """Keep the batch entries the module's ``forward`` accepts (``lead_mask`` is optional)."""
-    parameters = inspect.signature(module.forward).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    names = ("input_values", "attention_mask", "lead_mask")
-    return {
-        k: v for k, v in batch.items() if k in names and (k in parameters or (accepts_any and k != "lead_mask"))
-    }
+    """The batch entries the module's ``forward`` accepts (``lead_mask`` only if it names it)."""
+    inputs = {k: v for k, v in batch.items() if k in BACKBONE_INPUTS}
+    return accepted_kwargs(module.forward, inputs, explicit_only=("lead_mask",))
 
 
-@torch.no_grad()
 def extract_features(
     model: nn.Module,
     dataset,
@@ -86,25 +85,10 @@ def extract_features(
     Returns:
         (N, D) float32 array.
     """
-    from ecg_hub.data.collators import EcgCollator
-
     backbone = backbone_of(model)
-    was_training = backbone.training
-    backbone.eval()
-    device = torch.device(device) if device is not None else next(backbone.parameters()).device
-    columns = [c for c in ("signal", "sampling_rate", "leads", "record_id") if c in dataset.column_names]
-    loader = torch.utils.data.DataLoader(
-        dataset.select_columns(columns).with_format("numpy", columns=["signal"], output_all_columns=True),
-        batch_size=batch_size,
-        shuffle=False,
-        collate_fn=EcgCollator(feature_extractor, training=False),
-        num_workers=num_workers,
-    )
-    chunks = []
-    for batch in loader:
-        inputs = {k: v.to(device) for k, v in _forward_kwargs(backbone, batch).items()}
-        outputs = backbone(**inputs)
-        value = getattr(outputs, feature, None)
+
+    def step(batch: dict) -> torch.Tensor:
+        value = getattr(backbone(**_forward_kwargs(backbone, batch)), feature, None)
         if value is None:
             raise ValueError(
                 f"{type(backbone).__name__} returned no {feature!r}; the linear probe needs a pooled "
@@ -112,9 +96,11 @@ def extract_features(
             )
         if value.ndim != 2:
             raise ValueError(f"{type(backbone).__name__}.{feature} must be (batch, hidden), got {tuple(value.shape)}")
-        chunks.append(value.float().cpu().numpy())
-    backbone.train(was_training)
-    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, 0), dtype=np.float32)
+        return value.float()
+
+    return collect_outputs(
+        backbone, dataset, feature_extractor, step, batch_size=batch_size, device=device, num_workers=num_workers
+    )
 
 
 # --- on-disk cache ------------------------------------------------------------------------------
@@ -224,7 +210,7 @@ def _labels_tensor(labels: np.ndarray, problem_type: str) -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.float32)
 
 
-def predict_scores(head: nn.Module, features, problem_type: str) -> np.ndarray:
+def head_scores(head: nn.Module, features, problem_type: str) -> np.ndarray:
     """(N, C) probabilities of ``head`` on (N, D) features (sigmoid or softmax by ``problem_type``)."""
     with torch.no_grad():
         logits = head(torch.as_tensor(features, dtype=torch.float32))
@@ -274,8 +260,7 @@ def train_linear_probe(
 
 
 def _train_linear_probe(train_features, train_labels, val_features, val_labels, *, problem_type, config, class_names):
-    if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"problem_type: expected one of {PROBLEM_TYPES}, got {problem_type!r}")
+    check_problem_type(problem_type)
     config = config or LinearProbeConfig()
     x_train = torch.as_tensor(np.asarray(train_features), dtype=torch.float32)
     y_train = _labels_tensor(train_labels, problem_type)
@@ -334,7 +319,7 @@ def _train_linear_probe(train_features, train_labels, val_features, val_labels, 
         head.eval()
         # Only the selection metric per epoch (fast rank AUROC, equal to scikit-learn's); the full
         # metrics are computed once, for the best epoch.
-        val_auroc = macro_auroc_fast(y_val, predict_scores(head, val_standardized, problem_type))
+        val_auroc = macro_auroc_fast(y_val, head_scores(head, val_standardized, problem_type))
         history.append({"epoch": epoch, "train_loss": total / x_train.shape[0], "val_macro_auroc": val_auroc})
         if val_auroc > best_auroc:
             best_auroc, best_epoch, stale = val_auroc, epoch, 0
@@ -349,6 +334,6 @@ def _train_linear_probe(train_features, train_labels, val_features, val_labels, 
         head.weight.div_(std)
     head.eval()
     val_metrics = classification_metrics(
-        val_labels, predict_scores(head, val_raw, problem_type), class_names
+        val_labels, head_scores(head, val_raw, problem_type), class_names
     )
     return LinearProbeResult(head=head, best_epoch=best_epoch, val_metrics=val_metrics, history=history)

@@ -14,42 +14,63 @@ population std over seeds), seed 42 alone at 100 %. Validation and test are alwa
 Every run also reports macro F1 at per-class thresholds tuned on validation, and a 1000x bootstrap
 95 % interval of the test metrics (seed 0).
 
-Results JSON (``"ecg_hub_version"``, ``"model"``, ``"dataset"``, ``"results"``): see the team guide;
-each result holds ``protocol``, ``fraction``, ``split`` ("test"), ``seeds``, ``metrics`` (means),
-``metrics_std``, ``per_class_auroc`` (means), plus ``metrics_ci95`` (single-seed results),
-``runs`` (per seed) and ``seconds`` (wall clock, including feature extraction or training).
+Results JSON: the schema of :mod:`ecg_hub.results` (also written by ``ecg-hub finetune``); each
+result holds ``protocol``, ``fraction``, ``split`` ("test"), ``seeds``, ``train_records``,
+``metrics`` (means), ``metrics_std``, ``per_class_auroc`` (means), plus ``metrics_ci95``
+(single-seed results), ``runs`` (per seed) and ``seconds`` (wall clock, including feature
+extraction or training).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+from transformers import AutoModel, AutoProcessor
 
-from .fractions import sample_label_fraction
-from .linear_probe import LinearProbeConfig, cached_features, predict_scores, train_linear_probe
-from .metrics import (
-    HEADLINE_METRICS,
-    bootstrap_confidence_intervals,
-    classification_metrics,
-    tune_f1_thresholds,
+from ecg_hub.data.fractions import sample_label_fraction
+from ecg_hub.data.labels import label_names, multi_hot
+from ecg_hub.data.splits import load_splits, select_task_records
+from ecg_hub.loading import load_backbone, load_classification_model, load_feature_extractor
+from ecg_hub.results import (
+    SUMMARY_METRICS,
+    ResultsDocument,
+    aggregate_runs,
+    dataset_section,
+    format_results_table,
+    score_run,
 )
+from ecg_hub.training.finetune import FIXED_TRAINING_ARGUMENTS, finetune, training_argument_names
+
+from .linear_probe import LinearProbeConfig, cached_features, head_scores, train_linear_probe
+from .metrics import bootstrap_confidence_intervals
+from .zero_shot import zero_shot_evaluate
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "DEFAULT_SEEDS",
+    "PROTOCOLS",
+    "SUMMARY_METRICS",
+    "EvaluationSettings",
+    "evaluate_model",
+    "format_results_table",
+    "load_backbone",
+    "run_finetune",
+    "run_linear_probe",
+    "run_zero_shot",
+    "seeds_for",
+]
 
 PROTOCOLS = ("linear-probe", "finetune", "zero-shot")
 DEFAULT_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_SEEDS = (42, 43, 44)
-SUMMARY_METRICS = (*HEADLINE_METRICS, "macro_f1")
 
 
 @dataclass
@@ -99,9 +120,7 @@ class EvaluationSettings:
         if not self.seeds:
             raise ValueError("seeds: need at least one seed")
         if self.finetune:
-            from ecg_hub.training.finetune import FIXED_TRAINING_ARGUMENTS, _training_argument_names
-
-            known = _training_argument_names() | {"early_stopping_patience", "warmup_epochs"}
+            known = training_argument_names() | {"early_stopping_patience", "warmup_epochs"}
             for key in self.finetune:
                 if key in FIXED_TRAINING_ARGUMENTS or key not in known:
                     raise ValueError(
@@ -111,78 +130,15 @@ class EvaluationSettings:
             raise ValueError("the zero-shot protocol needs class prompts (--prompts FILE.json)")
 
 
-def split_fingerprint(dataset) -> str:
-    """SHA-256 of the sorted ``record_id``s of a split (identifies the split's records)."""
-    ids = sorted(str(i) for i in dataset["record_id"]) if "record_id" in dataset.column_names else [str(len(dataset))]
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
-
-
 def seeds_for(fraction: float, seeds: Sequence[int]) -> list[int]:
     """Three seeds below 100 %, the first seed alone at 100 % (the full split is not resampled)."""
     return list(seeds) if fraction < 1.0 else [seeds[0]]
 
 
-def aggregate_runs(protocol: str, fraction: float, runs: list[dict], class_names: Sequence[str]) -> dict:
-    """Mean and population std over seeds of one (protocol, fraction) cell."""
-    keys = [k for k in SUMMARY_METRICS if all(k in r["metrics"] for r in runs)]
-    result = {
-        "protocol": protocol,
-        "fraction": float(fraction),
-        "split": "test",
-        "seeds": [r["seed"] for r in runs],
-        "metrics": {k: float(np.mean([r["metrics"][k] for r in runs])) for k in keys},
-        "metrics_std": {k: float(np.std([r["metrics"][k] for r in runs])) for k in keys},
-    }
-    # Classes undefined in any run (no positive or no negative test record) are left out and listed
-    # under "excluded_classes": the model-card reader expects numbers only.
-    per_class = {}
-    for name in class_names:
-        values = [r["metrics"]["per_class_auroc"].get(name) for r in runs]
-        if all(v is not None for v in values):
-            per_class[name] = float(np.mean(values))
-    result["per_class_auroc"] = per_class
-    if len(runs) == 1 and "ci95" in runs[0]:
-        result["metrics_ci95"] = runs[0]["ci95"]
-    result["excluded_classes"] = sorted({c for r in runs for c in r["metrics"]["excluded_classes"]})
-    result["runs"] = [
-        {k: v for k, v in r.items() if k != "metrics"}
-        | {"metrics": {k: r["metrics"][k] for k in keys}}
-        for r in runs
-    ]
-    result["seconds"] = float(sum(r.get("seconds", 0.0) for r in runs))
-    return result
-
-
-def _test_run(seed, train_records, y_val, val_scores, y_test, test_scores, class_names, bootstrap, extra=None) -> dict:
-    thresholds = tune_f1_thresholds(y_val, val_scores)
-    metrics = classification_metrics(y_test, test_scores, class_names, f1_thresholds=thresholds)
-    run = {"seed": int(seed), "train_records": int(train_records), "metrics": metrics}
-    run["val_macro_auroc"] = classification_metrics(y_val, val_scores, class_names)["macro_auroc"]
-    if bootstrap:
-        run["ci95"] = bootstrap_confidence_intervals(y_test, test_scores, num_resamples=bootstrap, seed=0)
-    run.update(extra or {})
-    return run
-
-
 def _labels(dataset, column, problem_type):
     """The task's records (``select_task_records``) and their (N, C) multi-hot labels."""
-    from ecg_hub.data.labels import multi_hot
-    from ecg_hub.training.finetune import select_task_records
-
     dataset = select_task_records(dataset, column, problem_type)
     return dataset, multi_hot(dataset, column)
-
-
-def load_backbone(model_name_or_path: str, *, random_init: bool = False, seed: int = 0):
-    """The encoder of a checkpoint (``AutoModel``), or the same architecture with random weights."""
-    from transformers import AutoConfig, AutoModel
-
-    import ecg_hub  # noqa: F401  (Auto registrations)
-
-    if random_init:
-        torch.manual_seed(seed)
-        return AutoModel.from_config(AutoConfig.from_pretrained(model_name_or_path))
-    return AutoModel.from_pretrained(model_name_or_path)
 
 
 def run_linear_probe(model, feature_extractor, splits, label_column, class_names, settings: EvaluationSettings) -> list[dict]:
@@ -212,12 +168,12 @@ def run_linear_probe(model, feature_extractor, splits, label_column, class_names
                 config=LinearProbeConfig(**{**asdict(settings.probe), "seed": seed}),
                 class_names=class_names,
             )
-            val_scores = predict_scores(probe.head, features["validation"], settings.problem_type)
-            test_scores = predict_scores(probe.head, features["test"], settings.problem_type)
+            val_scores = head_scores(probe.head, features["validation"], settings.problem_type)
+            test_scores = head_scores(probe.head, features["test"], settings.problem_type)
             runs.append(
-                _test_run(
+                score_run(
                     seed, len(index), data["validation"], val_scores, data["test"], test_scores, class_names,
-                    settings.bootstrap, {"best_epoch": probe.best_epoch, "seconds": time.perf_counter() - run_start},
+                    bootstrap=settings.bootstrap, best_epoch=probe.best_epoch, seconds=time.perf_counter() - run_start,
                 )
             )
         result = aggregate_runs("linear-probe", fraction, runs, class_names)
@@ -228,8 +184,6 @@ def run_linear_probe(model, feature_extractor, splits, label_column, class_names
 
 def run_finetune(model_name_or_path, feature_extractor, splits, label_column, class_names, settings: EvaluationSettings) -> list[dict]:
     """Fine-tune results for every fraction: a fresh model per (fraction, seed)."""
-    from ecg_hub.training.finetune import finetune, load_classification_model
-
     results = []
     train_labels = _labels(splits["train"], label_column, settings.problem_type)[1]
     for fraction in settings.fractions:
@@ -256,10 +210,10 @@ def run_finetune(model_name_or_path, feature_extractor, splits, label_column, cl
                 **settings.finetune,
             )
             runs.append(
-                _test_run(
+                score_run(
                     seed, outcome.train_records, outcome.val_labels, outcome.val_scores,
-                    outcome.test_labels, outcome.test_scores, class_names, settings.bootstrap,
-                    {"epochs": outcome.epochs_run, "seconds": time.perf_counter() - run_start},
+                    outcome.test_labels, outcome.test_scores, class_names, bootstrap=settings.bootstrap,
+                    epochs=outcome.epochs_run, seconds=time.perf_counter() - run_start,
                 )
             )
         results.append(aggregate_runs("finetune", fraction, runs, class_names))
@@ -289,14 +243,6 @@ def evaluate_model(
         dataset_name: name recorded in the JSON (default: the dataset's ``info.dataset_name`` or
             the folder name).
     """
-    from ecg_hub import __version__
-    from ecg_hub.data.labels import label_names
-    from ecg_hub.training.finetune import (
-        load_feature_extractor,
-        load_splits,
-        select_task_records,
-    )
-
     settings = settings or EvaluationSettings()
     # Records without a class of the label set (or, single-label, with more than one) are not part
     # of the task; the JSON records how many remain per split and a hash of their ids.
@@ -309,49 +255,40 @@ def evaluate_model(
         None if settings.feature_extractor_preset else model_name_or_path, preset=settings.feature_extractor_preset
     )
     info_name = getattr(splits["train"].info, "dataset_name", None)
-    document = {
-        "ecg_hub_version": __version__,
-        "model": str(model_name_or_path),
-        "init": "random" if settings.random_init else "pretrained",
-        "dataset": {
-            "name": dataset_name or info_name or Path(str(dataset_path)).name,
-            "path": str(dataset_path),
-            "label_set": label_column,
-            "class_names": class_names,
-            "problem_type": settings.problem_type,
-            "split_records": {name: len(split) for name, split in splits.items()},
-            "split_sha256": {name: split_fingerprint(split) for name, split in splits.items()},
-        },
-        "processor_config": feature_extractor.to_dict(),
-        "results": [],
-    }
+    document = ResultsDocument(
+        model=str(model_name_or_path),
+        init="random" if settings.random_init else "pretrained",
+        dataset=dataset_section(
+            splits,
+            name=dataset_name or info_name or Path(str(dataset_path)).name,
+            path=str(dataset_path),
+            label_set=label_column,
+            class_names=class_names,
+            problem_type=settings.problem_type,
+        ),
+        processor_config=feature_extractor.to_dict(),
+    )
     for protocol in settings.protocols:
         start = time.perf_counter()
         if protocol == "linear-probe":
             backbone = load_backbone(model_name_or_path, random_init=settings.random_init)
-            document["results"].extend(
+            document.results.extend(
                 run_linear_probe(backbone, feature_extractor, splits, label_column, class_names, settings)
             )
         elif protocol == "finetune":
-            document["results"].extend(
+            document.results.extend(
                 run_finetune(model_name_or_path, feature_extractor, splits, label_column, class_names, settings)
             )
         else:
-            document["results"].append(run_zero_shot(model_name_or_path, splits, label_column, class_names, settings))
+            document.results.append(run_zero_shot(model_name_or_path, splits, label_column, class_names, settings))
         logger.info("%s finished in %.1f s", protocol, time.perf_counter() - start)
     if output_json is not None:
-        write_json_atomic(document, output_json)
-    return document
+        return document.write(output_json)
+    return document.to_dict()
 
 
 def run_zero_shot(model_name_or_path, splits, label_column, class_names, settings: EvaluationSettings) -> dict:
     """Zero-shot on the test split with the checkpoint's ``AutoModel`` and ``AutoProcessor``."""
-    from transformers import AutoModel, AutoProcessor
-
-    import ecg_hub  # noqa: F401
-
-    from .zero_shot import zero_shot_evaluate
-
     start = time.perf_counter()
     model = AutoModel.from_pretrained(model_name_or_path)
     processor = AutoProcessor.from_pretrained(model_name_or_path)
@@ -363,8 +300,6 @@ def run_zero_shot(model_name_or_path, splits, label_column, class_names, setting
     )
     run = {"seed": 0, "train_records": 0, "metrics": metrics, "seconds": time.perf_counter() - start}
     if settings.bootstrap:
-        from ecg_hub.data.labels import multi_hot
-
         scores = metrics.pop("scores")
         probabilities = (scores + 1) / 2 if metrics["scoring"] == "cosine" else scores
         run["ci95"] = bootstrap_confidence_intervals(multi_hot(test, label_column), probabilities, num_resamples=settings.bootstrap)
@@ -372,45 +307,3 @@ def run_zero_shot(model_name_or_path, splits, label_column, class_names, setting
     result["scoring"] = metrics["scoring"]
     result["prompts"] = metrics["prompts"]
     return result
-
-
-def write_json_atomic(document: dict, path: str | os.PathLike) -> None:
-    """Write ``document`` as indented JSON via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def format_results_table(document: dict) -> str:
-    """A plain-text table of the results (mean ± std over seeds), one row per (protocol, fraction)."""
-    header = ["protocol", "labels", "seeds", "macro AUROC", "macro AUPRC", "Fmax", "macro F1 (val thr.)", "time (s)"]
-    rows = []
-    for result in document["results"]:
-
-        def cell(key, result=result):
-            if key not in result["metrics"]:
-                return "-"
-            mean, std = result["metrics"][key], result["metrics_std"].get(key, 0.0)
-            return f"{mean:.3f} ± {std:.3f}" if len(result["seeds"]) > 1 else f"{mean:.3f}"
-
-        fraction = "zero-shot" if result["protocol"] == "zero-shot" else f"{result['fraction']:.0%}"
-        rows.append(
-            [result["protocol"], fraction, str(len(result["seeds"])), cell("macro_auroc"), cell("macro_auprc"),
-             cell("fmax"), cell("macro_f1"), f"{result.get('seconds', 0.0):.1f}"]
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    title = f"{document['model']} ({document.get('init', 'pretrained')}) on {document['dataset']['name']} / {document['dataset']['label_set']}"
-    extraction = {r["feature_extraction_seconds"] for r in document["results"] if "feature_extraction_seconds" in r}
-    if extraction:  # paid once per run, shared by every linear-probe row
-        lines.append(f"linear probe: backbone features extracted once in {max(extraction):.0f} s (not in the rows' times)")
-    return title + "\n" + "\n".join(lines)

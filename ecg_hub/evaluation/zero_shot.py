@@ -10,7 +10,8 @@ Model-agnostic hook for the text-aligned models (ETP, MELP, ...). Either
 
 Scoring with a model (ecg-hub protocol §6): ECG and text embeddings are L2-normalised; a class with
 several prompts (a template ensemble) gets the mean of its normalised prompt embeddings,
-re-normalised (open_clip's zero-shot classifier); the **primary score is the per-class cosine**
+re-normalised (open_clip's zero-shot classifier, :mod:`ecg_hub.prompt_ensemble`, shared with the
+``zero-shot-ecg-classification`` pipeline); the **primary score is the per-class cosine**
 (no softmax, so a class's score does not depend on the other classes). ``scoring="softmax"`` gives
 MERL's softmax over ``logit_scale * cosine`` as a secondary number. Fmax needs scores in [0, 1]:
 the cosine is mapped by ``(cos + 1) / 2`` (monotone, so AUROC/AUPRC are unchanged).
@@ -24,6 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from ecg_hub.data.collators import EcgCollator
+from ecg_hub.data.labels import label_names, multi_hot
+from ecg_hub.inference import INPUT_COLUMNS, collect_outputs
+from ecg_hub.prompt_ensemble import encode_class_prompts, pooled_embedding
+from ecg_hub.utils import accepted_kwargs
 
 from .metrics import classification_metrics
 
@@ -69,32 +77,16 @@ def load_class_prompts(path: str | Path, class_names: Sequence[str] | None = Non
     return {name: by_lower[name.lower()] for name in class_names if name.lower() in by_lower}
 
 
-def _embedding(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if pooled is None:
-        raise ValueError("get_*_features must return a tensor or an output with pooler_output")
-    return pooled
-
-
-def _accepted(method, inputs: Mapping) -> dict:
-    import inspect
-
-    parameters = inspect.signature(method).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return dict(inputs)
-    return {k: v for k, v in inputs.items() if k in parameters}
-
-
 def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length: int = 128) -> ScoreFn:
     """A ``score_fn`` from a CLIP-style ECG-text model and its processor (see the module docstring).
 
     Prompts are tokenised with ``processor.tokenizer`` (lower-cased when the processor's
     ``lowercase_text`` is set; truncated to its ``max_text_length``, else ``max_text_length``);
-    ECGs go through ``processor.feature_extractor`` with its deterministic crop."""
-    from ecg_hub.data.collators import EcgCollator
+    ECGs go through ``processor.feature_extractor`` with its deterministic crop.
 
+    The returned function also has ``dataset_scores(dataset, class_prompts, batch_size=...)``,
+    which :func:`zero_shot_scores` uses: the same scores through the shared inference loop
+    (:func:`ecg_hub.inference.collect_outputs`)."""
     if scoring not in ("cosine", "softmax"):
         raise ValueError(f"scoring: expected 'cosine' or 'softmax', got {scoring!r}")
     for method in ("get_ecg_features", "get_text_features"):
@@ -108,7 +100,6 @@ def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length
     device = next(model.parameters()).device
     text_cache: dict[tuple, torch.Tensor] = {}
 
-    @torch.no_grad()
     def class_embeddings(class_prompts: list[list[str]]) -> torch.Tensor:
         key = tuple(tuple(p) for p in class_prompts)
         if key not in text_cache:
@@ -118,22 +109,13 @@ def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length
             length = getattr(processor, "max_text_length", max_text_length)
             tokens = tokenizer(flat, padding=True, truncation=True, max_length=length, return_tensors="pt")
             tokens = {k: v.to(device) for k, v in tokens.items()}
-            text = torch.nn.functional.normalize(
-                _embedding(model.get_text_features(**_accepted(model.get_text_features, tokens))).float(), dim=-1
-            )
-            per_class, start = [], 0
-            for prompts in class_prompts:
-                per_class.append(text[start : start + len(prompts)].mean(0))
-                start += len(prompts)
-            text_cache[key] = torch.nn.functional.normalize(torch.stack(per_class), dim=-1)
+            text_cache[key] = encode_class_prompts(model, tokens, class_prompts)
         return text_cache[key]
 
-    @torch.no_grad()
-    def score_fn(rows: list[dict], class_prompts: list[list[str]]) -> np.ndarray:
-        model.eval()
-        batch = {k: v.to(device) for k, v in collator(rows).items()}
-        ecg = torch.nn.functional.normalize(
-            _embedding(model.get_ecg_features(**_accepted(model.get_ecg_features, batch))).float(), dim=-1
+    def score_batch(batch: dict[str, torch.Tensor], class_prompts: list[list[str]]) -> torch.Tensor:
+        """(B, C) scores of a collated batch on the model's device (model in eval mode, no gradients)."""
+        ecg = F.normalize(
+            pooled_embedding(model.get_ecg_features(**accepted_kwargs(model.get_ecg_features, batch))).float(), dim=-1
         )
         cosine = ecg @ class_embeddings(class_prompts).T
         if scoring == "softmax":
@@ -142,10 +124,23 @@ def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length
             else:
                 scale = getattr(model, "logit_scale", None)
                 scale = float(scale.exp()) if isinstance(scale, torch.Tensor) else 1.0
-            return (scale * cosine).softmax(-1).cpu().numpy()
-        return cosine.cpu().numpy()
+            return (scale * cosine).softmax(-1)
+        return cosine
+
+    @torch.no_grad()
+    def score_fn(rows: list[dict], class_prompts: list[list[str]]) -> np.ndarray:
+        model.eval()
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        return score_batch(batch, class_prompts).cpu().numpy()
+
+    def dataset_scores(dataset, class_prompts: list[list[str]], *, batch_size: int = 32) -> np.ndarray:
+        return collect_outputs(
+            model, dataset, feature_extractor, lambda batch: score_batch(batch, class_prompts),
+            batch_size=batch_size, empty_shape=(0, len(class_prompts)),
+        )
 
     score_fn.scoring = scoring
+    score_fn.dataset_scores = dataset_scores
     return score_fn
 
 
@@ -156,8 +151,17 @@ def zero_shot_scores(
     *,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """(N, C) scores of ``score_fn`` over the dataset, in dataset order."""
-    columns = [c for c in ("signal", "sampling_rate", "leads", "record_id") if c in dataset.column_names]
+    """(N, C) scores of ``score_fn`` over the dataset, in dataset order.
+
+    A ``score_fn`` from :func:`model_score_fn` runs through the shared inference loop (its
+    ``dataset_scores``); any other gets lists of ``batch_size`` rows."""
+    dataset_scores = getattr(score_fn, "dataset_scores", None)
+    if dataset_scores is not None:
+        scores = np.asarray(dataset_scores(dataset, class_prompts, batch_size=batch_size), dtype=np.float64)
+        if scores.shape != (len(dataset), len(class_prompts)):
+            raise ValueError(f"score_fn returned shape {scores.shape}, expected ({len(dataset)}, {len(class_prompts)})")
+        return scores
+    columns = [c for c in INPUT_COLUMNS if c in dataset.column_names]
     view = dataset.select_columns(columns).with_format("numpy", columns=["signal"], output_all_columns=True)
     scores = []
     for start in range(0, len(view), batch_size):
@@ -198,8 +202,6 @@ def zero_shot_evaluate(
         ``classification_metrics`` (macro AUROC, macro AUPRC, Fmax, per-class AUROC, ...) plus
         ``"scoring"`` and ``"prompts"`` (the prompts used per class).
     """
-    from ecg_hub.data.labels import label_names, multi_hot
-
     if (score_fn is None) == (model is None):
         raise ValueError("give either score_fn or model (+ processor)")
     if score_fn is None:

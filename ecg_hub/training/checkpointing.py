@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..utils import write_json_atomic  # re-exported: the pretraining loop imports it from here
+
 __all__ = [
     "TrainingProgress",
     "find_latest_checkpoint",
@@ -44,14 +46,6 @@ class TrainingProgress:
     examples: int = 0
     num_processes: int = 1
     total_steps: int | None = None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def list_checkpoints(checkpoints_dir: str | Path) -> list[tuple[int, Path]]:
@@ -87,7 +81,7 @@ def save_checkpoint(
         tmp.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    write_json_atomic(tmp / f"progress_rank{accelerator.process_index}.json", asdict(progress))
+    write_json_atomic(tmp / f"progress_rank{accelerator.process_index}.json", asdict(progress), sort_keys=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():

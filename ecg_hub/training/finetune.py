@@ -12,11 +12,17 @@ One function, :func:`finetune`, runs the ecg-hub fine-tuning protocol (§5) on a
 
 The defaults follow the protocol: AdamW (0.9, 0.95), weight decay 0.05, lr = 1e-4 * batch / 256,
 batch 64, 3 warmup epochs then cosine, at most 30 epochs, patience 5.
+
+Splits and task records come from :mod:`ecg_hub.data.splits`, models and feature extractors from
+:mod:`ecg_hub.loading` (re-exported here: recipes name ``ecg_hub.training.finetune.load_*``), the
+results JSON from :mod:`ecg_hub.results`. Of :mod:`ecg_hub.evaluation`, only ``metrics`` is used:
+evaluation runs fine-tuning, never the other way round.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -29,19 +35,40 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
+from ecg_hub.data.collators import EcgCollator
+from ecg_hub.data.fractions import sample_label_fraction
 from ecg_hub.data.labels import label_names, multi_hot
+from ecg_hub.data.splits import load_splits, select_task_records
 from ecg_hub.evaluation.metrics import (
     classification_metrics,
     make_compute_metrics,
     make_preprocess_logits,
     scores_from_logits,
 )
-from ecg_hub.recipe import Component
+from ecg_hub.inference import collect_outputs
+from ecg_hub.loading import check_problem_type, load_classification_model, load_feature_extractor
+from ecg_hub.recipe import Component, instantiate, load_recipe
+from ecg_hub.results import ResultsDocument, aggregate_runs, dataset_section, score_run
 
 logger = logging.getLogger(__name__)
 
-PROBLEM_TYPES = ("multi_label_classification", "single_label_classification")
-SPLITS = ("train", "validation", "test")
+__all__ = [
+    "FIXED_TRAINING_ARGUMENTS",
+    "PROTOCOL_TRAINING_DEFAULTS",
+    "EcgTrainer",
+    "FinetuneData",
+    "FinetuneRecipe",
+    "FinetuneResult",
+    "FinetuneSettings",
+    "build_training_arguments",
+    "finetune",
+    "load_classification_model",  # from ecg_hub.loading; the packaged recipes name it here
+    "load_feature_extractor",  # from ecg_hub.loading; the packaged recipes name it here
+    "load_finetune_recipe",
+    "predict_dataset_scores",
+    "run_finetune_recipe",
+    "training_argument_names",
+]
 
 # TrainingArguments the protocol fixes unless a recipe overrides them.
 PROTOCOL_TRAINING_DEFAULTS: dict[str, Any] = {
@@ -62,147 +89,6 @@ PROTOCOL_TRAINING_DEFAULTS: dict[str, Any] = {
     # Pinned memory only helps host-to-GPU copies (and warns on CPU-only machines).
     "dataloader_pin_memory": torch.cuda.is_available(),
 }
-
-
-# --- datasets -------------------------------------------------------------------------------------
-
-
-def load_splits(path_or_dataset) -> dict:
-    """``{"train", "validation", "test"}`` datasets of a prepared dataset folder (or object).
-
-    Accepts a saved ``DatasetDict`` with those splits, or a single ``Dataset`` with a ``split``
-    column (the ``ecg-hub data prepare`` layout), which is split by that column.
-    """
-    import datasets
-
-    data = path_or_dataset
-    if isinstance(path_or_dataset, (str, Path)):
-        path = Path(path_or_dataset)
-        if not path.exists():
-            raise ValueError(f"dataset folder {str(path)!r} does not exist (prepare it with `ecg-hub data prepare`)")
-        data = datasets.load_from_disk(str(path))
-    if isinstance(data, datasets.DatasetDict):
-        splits = dict(data)
-    else:
-        if "split" not in data.column_names:
-            raise ValueError("dataset has no 'split' column; expected values 'train', 'validation', 'test'")
-        split_column = np.asarray(data["split"])
-        splits = {name: data.select(np.flatnonzero(split_column == name)) for name in SPLITS}
-    missing = [name for name in SPLITS if name not in splits or len(splits[name]) == 0]
-    if missing:
-        raise ValueError(f"dataset lacks the split(s) {missing}; fine-tuning and evaluation need train, validation and test")
-    return {name: splits[name] for name in SPLITS}
-
-
-def select_task_records(dataset, column: str, problem_type: str = "multi_label_classification"):
-    """The records a task scores: at least one positive ``column`` class (multi-label; the PTB-XL
-    benchmark and MERL drop records without a label of the task), or exactly one (single-label:
-    the multi-class task of ECG-JEPA)."""
-    counts = np.array([len(v) for v in dataset[column]])
-    keep = counts == 1 if problem_type == "single_label_classification" else counts >= 1
-    if keep.all():
-        return dataset
-    logger.info("%s: kept %d of %d records with %s %r class", problem_type, int(keep.sum()), len(dataset),
-                "exactly one" if problem_type == "single_label_classification" else "at least one", column)
-    return dataset.select(np.flatnonzero(keep))
-
-
-def keep_single_label_records(dataset, column: str):
-    """Records with exactly one positive class in ``column``."""
-    return select_task_records(dataset, column, "single_label_classification")
-
-
-# --- models ---------------------------------------------------------------------------------------
-
-
-def label_config_kwargs(class_names: Sequence[str], problem_type: str) -> dict:
-    """``num_labels``, ``id2label``, ``label2id`` (both, see HF_CONVENTIONS §1) and ``problem_type``."""
-    if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"problem_type: expected one of {PROBLEM_TYPES}, got {problem_type!r}")
-    names = list(class_names)
-    return {
-        "num_labels": len(names),
-        "id2label": dict(enumerate(names)),
-        "label2id": {n: i for i, n in enumerate(names)},
-        "problem_type": problem_type,
-    }
-
-
-def load_classification_model(
-    pretrained: str | None = None,
-    *,
-    class_names: Sequence[str],
-    problem_type: str = "multi_label_classification",
-    config: dict | None = None,
-    model_type: str | None = None,
-    freeze_base_model: bool = False,
-    random_init: bool = False,
-    ignore_mismatched_sizes: bool = False,
-    **config_overrides,
-):
-    """An ``AutoModelForSequenceClassification`` for ``class_names``.
-
-    Args:
-        pretrained: a folder or Hub id. A pretraining checkpoint (e.g. ``EcgJepaForPreTraining``) or
-            a bare encoder loads its encoder weights; the classification head starts fresh.
-        class_names: the label set's class names (sets ``num_labels``, ``id2label``, ``label2id``).
-        problem_type: ``"multi_label_classification"`` or ``"single_label_classification"``.
-        config: without ``pretrained``: config fields of a randomly initialised model (with
-            ``model_type``), e.g. ``{"hidden_size": 192, ...}``.
-        model_type: the registered ``model_type`` (``"ecg_jepa"``, ``"ecg_resnet"``, ...) for
-            ``config``; may also be given inside ``config``.
-        freeze_base_model: call ``model.freeze_base_model()`` (linear probing through the Trainer).
-        random_init: with ``pretrained``, take only its config: the same architecture with random
-            weights (the baseline a pretrained encoder must beat).
-        ignore_mismatched_sizes: allow a classification checkpoint with another number of labels.
-        **config_overrides: extra config fields (e.g. ``classifier_dropout=0.1``).
-    """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    import ecg_hub  # noqa: F401  (registers the ecg-hub Auto classes)
-
-    label_kwargs = label_config_kwargs(class_names, problem_type)
-    if pretrained is not None and config:
-        raise ValueError("give either pretrained=... or config=..., not both")
-    if pretrained is not None and random_init:
-        model_config = AutoConfig.from_pretrained(pretrained, **config_overrides, **label_kwargs)
-        model = AutoModelForSequenceClassification.from_config(model_config)
-    elif pretrained is not None:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            pretrained, ignore_mismatched_sizes=ignore_mismatched_sizes, **label_kwargs, **config_overrides
-        )
-    else:
-        fields = dict(config or {})
-        model_type = fields.pop("model_type", model_type)
-        if model_type is None:
-            raise ValueError("a randomly initialised model needs model_type (e.g. 'ecg_jepa') or pretrained=...")
-        model_config = AutoConfig.for_model(model_type, **fields, **config_overrides, **label_kwargs)
-        model = AutoModelForSequenceClassification.from_config(model_config)
-    if freeze_base_model:
-        if not hasattr(model, "freeze_base_model"):
-            raise ValueError(f"{type(model).__name__} has no freeze_base_model()")
-        model.freeze_base_model()
-    return model
-
-
-def load_feature_extractor(pretrained: str | None = None, *, preset: str | None = None, **overrides):
-    """The model's ``EcgFeatureExtractor``: saved with ``pretrained`` (``preprocessor_config.json``),
-    else the named ``preset`` (``"ecg_jepa"``, ``"merl"``, ...), with field ``overrides``."""
-    from ecg_hub.modeling import EcgFeatureExtractor
-
-    if pretrained is not None and preset is None:
-        try:
-            extractor = EcgFeatureExtractor.from_pretrained(pretrained)
-        except OSError as error:
-            raise ValueError(
-                f"{pretrained!r} has no preprocessor_config.json; name a feature-extractor preset instead"
-            ) from error
-        for key, value in overrides.items():
-            setattr(extractor, key, value)
-        return extractor
-    if preset is None:
-        raise ValueError("load_feature_extractor needs pretrained=... (with preprocessor_config.json) or preset=...")
-    return EcgFeatureExtractor.from_preset(preset, **overrides)
 
 
 # --- trainer --------------------------------------------------------------------------------------
@@ -340,10 +226,7 @@ def finetune(
     Returns:
         :class:`FinetuneResult` with validation and test metrics of the best-validation weights.
     """
-    from ecg_hub.data.collators import EcgCollator
-
-    if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"problem_type: expected one of {PROBLEM_TYPES}, got {problem_type!r}")
+    check_problem_type(problem_type)
     class_names = label_names(splits["train"], label_column)
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if model_labels != class_names:
@@ -399,24 +282,15 @@ def finetune(
     )
 
 
-def predict_scores(model, dataset, feature_extractor, *, problem_type: str, batch_size: int = 64) -> np.ndarray:
-    """(N, C) probabilities of a classification model on ``dataset`` with the deterministic crop."""
-    from ecg_hub.data.collators import EcgCollator
-
-    columns = [c for c in ("signal", "sampling_rate", "leads", "record_id") if c in dataset.column_names]
-    loader = torch.utils.data.DataLoader(
-        dataset.select_columns(columns).with_format("numpy", columns=["signal"], output_all_columns=True),
+def predict_dataset_scores(model, dataset, feature_extractor, *, problem_type: str, batch_size: int = 64) -> np.ndarray:
+    """(N, C) probabilities of a classification model on every record of ``dataset`` (the feature
+    extractor's deterministic crop; sigmoid or softmax by ``problem_type``)."""
+    scores = collect_outputs(
+        model, dataset, feature_extractor,
+        lambda batch: scores_from_logits(model(**batch).logits, problem_type),
         batch_size=batch_size,
-        collate_fn=EcgCollator(feature_extractor, training=False),
     )
-    model.eval()
-    device = next(model.parameters()).device
-    scores = []
-    with torch.no_grad():
-        for batch in loader:
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            scores.append(scores_from_logits(logits, problem_type).cpu().numpy())
-    return np.concatenate(scores).astype(np.float64)
+    return scores.astype(np.float64)
 
 
 # --- recipes --------------------------------------------------------------------------------------
@@ -441,8 +315,7 @@ class FinetuneData:
     fraction_seed: int = 42
 
     def __post_init__(self):
-        if self.problem_type not in PROBLEM_TYPES:
-            raise ValueError(f"data.problem_type: expected one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        check_problem_type(self.problem_type, "data.problem_type")
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"data.fraction: expected a value in (0, 1], got {self.fraction}")
 
@@ -455,9 +328,8 @@ class FinetuneSettings:
     warmup_epochs: float = 3.0
 
 
-def _training_argument_names() -> set[str]:
-    import dataclasses
-
+def training_argument_names() -> set[str]:
+    """The ``TrainingArguments`` fields a caller may set (its ``__init__`` fields)."""
     return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
@@ -498,7 +370,7 @@ class FinetuneRecipe:
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
     def __post_init__(self):
-        known = _training_argument_names()
+        known = training_argument_names()
         for key in self.training:
             if key in FIXED_TRAINING_ARGUMENTS:
                 raise ValueError(f"'training.{key}' is fixed by the ecg-hub protocol; remove it from the recipe")
@@ -508,17 +380,22 @@ class FinetuneRecipe:
 
 def load_finetune_recipe(path, overrides: Sequence[str] = ()) -> FinetuneRecipe:
     """Read and validate a fine-tuning recipe (a path or a packaged name) with ``key=value`` overrides."""
-    from ecg_hub.recipe import load_recipe
-
     return load_recipe(path, overrides, schema=FinetuneRecipe)
+
+
+def _recipe_init(model: Component) -> str | None:
+    """``"pretrained"`` / ``"random"`` for a :func:`load_classification_model` component (``None``
+    for any other component: not recorded)."""
+    if model.get("_component_") not in ("ecg_hub.loading.load_classification_model",
+                                        "ecg_hub.training.finetune.load_classification_model"):
+        return None
+    return "pretrained" if model.get("pretrained") is not None and not model.get("random_init", False) else "random"
 
 
 def run_finetune_recipe(recipe: FinetuneRecipe, *, results_json: str | None = None) -> FinetuneResult:
     """Build everything a :class:`FinetuneRecipe` names, fine-tune, save the best model and its
-    feature extractor to ``output_dir/best``, and (optionally) write the results JSON."""
-    from ecg_hub.evaluation.fractions import sample_label_fraction
-    from ecg_hub.recipe import instantiate
-
+    feature extractor to ``output_dir/best``, and (optionally) write the results JSON
+    (:mod:`ecg_hub.results`, the schema of ``ecg-hub evaluate``)."""
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     data = recipe.data
@@ -547,42 +424,32 @@ def run_finetune_recipe(recipe: FinetuneRecipe, *, results_json: str | None = No
     best_dir = Path(recipe.output_dir) / "best"
     result.trainer.save_model(str(best_dir))  # model + feature extractor (processing_class)
     if results_json is not None:
-        from ecg_hub import __version__
-        from ecg_hub.evaluation.metrics import bootstrap_confidence_intervals, macro_f1_at, tune_f1_thresholds
-        from ecg_hub.evaluation.protocol import split_fingerprint, write_json_atomic
-
-        thresholds = tune_f1_thresholds(result.val_labels, result.val_scores)
-        metrics = dict(result.test_metrics)
-        metrics["macro_f1"] = macro_f1_at(result.test_labels, result.test_scores, thresholds)
-        keys = ("macro_auroc", "macro_auprc", "fmax", "macro_f1")
-        document = {
-            "ecg_hub_version": __version__,
-            "model": str(best_dir),
-            "dataset": {
-                "name": Path(data.path).name,
-                "path": data.path,
-                "label_set": data.label_column,
-                "class_names": class_names,
-                "problem_type": data.problem_type,
-                "split_sha256": {name: split_fingerprint(split) for name, split in splits.items()},
-            },
-            "results": [
-                {
-                    "protocol": "finetune",
-                    "fraction": data.fraction,
-                    "split": "test",
-                    "seeds": [data.fraction_seed if data.fraction < 1 else recipe.seed],
-                    "metrics": {k: metrics[k] for k in keys},
-                    "metrics_std": {k: 0.0 for k in keys},
-                    "metrics_ci95": bootstrap_confidence_intervals(result.test_labels, result.test_scores),
-                    "per_class_auroc": {k: v for k, v in metrics["per_class_auroc"].items() if v is not None},
-                    "excluded_classes": metrics["excluded_classes"],
-                    "val_macro_auroc": result.val_metrics["macro_auroc"],
-                    "train_records": result.train_records,
-                    "epochs": result.epochs_run,
-                    "seconds": time.perf_counter() - start,
-                }
-            ],
+        run = score_run(
+            data.fraction_seed if data.fraction < 1 else recipe.seed,
+            result.train_records,
+            result.val_labels,
+            result.val_scores,
+            result.test_labels,
+            result.test_scores,
+            class_names,
+            epochs=result.epochs_run,
+            seconds=time.perf_counter() - start,
+        )
+        task_splits = {
+            name: select_task_records(split, data.label_column, data.problem_type) for name, split in splits.items()
         }
-        write_json_atomic(document, results_json)
+        ResultsDocument(
+            model=str(best_dir),
+            init=_recipe_init(recipe.model),
+            dataset=dataset_section(
+                task_splits,
+                name=Path(data.path).name,
+                path=data.path,
+                label_set=data.label_column,
+                class_names=class_names,
+                problem_type=data.problem_type,
+            ),
+            processor_config=feature_extractor.to_dict(),
+            results=[aggregate_runs("finetune", data.fraction, [run], class_names)],
+        ).write(results_json)
     return result

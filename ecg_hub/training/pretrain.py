@@ -47,6 +47,7 @@ mixing runs; a non-finite loss stops the run with its step.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import math
@@ -67,15 +68,15 @@ from .checkpointing import (
     save_checkpoint,
     write_json_atomic,
 )
-from .data import build_train_dataloader
-from .metrics import (
+from .dataloading import build_train_dataloader
+from .optim import DEFAULT_NO_DECAY_NAMES, build_param_groups
+from .throughput import (
     FlopCounter,
     model_flops_utilization,
     peak_flops_per_second,
     peak_memory_bytes,
     render_summary,
 )
-from .optim import DEFAULT_NO_DECAY_NAMES, build_param_groups
 
 __all__ = [
     "DataSettings",
@@ -356,28 +357,65 @@ def _load_dataset(recipe: PretrainRecipe):
     return dataset
 
 
-def _check_inputs_match(model: torch.nn.Module, feature_extractor: Any) -> None:
-    """The feature extractor must produce what the model was configured for."""
+def _input_contract(model: torch.nn.Module) -> tuple[str, Any]:
+    """``(where, config)`` of the ECG input the model was configured for: its own config, or the ECG
+    tower's sub-config (``config.ecg_config``) of a composite ECG-text model."""
     config = getattr(model, "config", None)
-    checks = (("sampling_rate", "sampling_rate"), ("lead_names", "leads"))
+    ecg_config = getattr(config, "ecg_config", None)
+    if ecg_config is not None:
+        return "model.config.ecg_config", ecg_config
+    return "model.config", config
+
+
+def _check_inputs_match(model: torch.nn.Module, preprocessor: Any) -> None:
+    """The feature extractor (a processor's, for ECG-text models) must produce what the model was
+    configured for: sampling rate, leads in order, and no more samples than the model takes.
+    Fewer than two comparable fields is an error: the check must never pass silently."""
+    feature_extractor = getattr(preprocessor, "feature_extractor", preprocessor)
+    where, config = _input_contract(model)
+    checks = (("sampling_rate", "sampling_rate"), ("lead_names", "leads"), ("num_samples", "num_samples"))
+    compared = 0
     for config_name, fe_name in checks:
         expected, given = getattr(config, config_name, None), getattr(feature_extractor, fe_name, None)
         if expected is None or given is None:
             continue
-        same = list(expected) == list(given) if isinstance(expected, (list, tuple)) else expected == given
+        compared += 1
+        if config_name == "num_samples":  # a model configured for N samples takes any length up to N
+            same = given <= expected
+        elif isinstance(expected, (list, tuple)):
+            same = list(expected) == list(given)
+        else:
+            same = expected == given
         if not same:
             raise ValueError(
-                f"feature_extractor.{fe_name} is {given!r} but model.config.{config_name} is {expected!r}; "
+                f"the feature extractor's {fe_name} is {given!r} but {where}.{config_name} is {expected!r}; "
                 "the extractor must produce the model's input"
             )
+    if compared < 2:
+        raise ValueError(
+            f"cannot check that the feature extractor ({type(feature_extractor).__name__}) produces the input of "
+            f"{type(model).__name__}: {where} and the extractor share fewer than two of sampling_rate / "
+            "lead_names / num_samples (expected an EcgFeatureExtractor and a config with the ECG input fields)"
+        )
 
 
-def _forward_keys(model: torch.nn.Module) -> set[str] | None:
-    """Names ``model.forward`` accepts, or ``None`` when it takes ``**kwargs``."""
+def _forward_parameters(model: torch.nn.Module) -> set[str]:
+    """The names ``model.forward`` declares (``*args`` / ``**kwargs`` catch-alls excluded)."""
     params = inspect.signature(model.forward).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return set(params)
+    return {name for name, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _check_batch_keys(model: torch.nn.Module, batch: dict[str, Any], collator: Any) -> None:
+    """Every key the collator produces must be an argument ``model.forward`` names: a key it does not
+    name would either be dropped (training without it) or vanish into ``**kwargs``."""
+    accepted = _forward_parameters(model)
+    unknown = sorted(set(batch) - accepted)
+    if unknown:
+        raise ValueError(
+            f"the collator ({type(collator).__name__}) produced batch keys {unknown} that "
+            f"{type(model).__name__}.forward does not take (it takes {sorted(accepted)}); "
+            "fix the collator or the model: nothing is dropped silently"
+        )
 
 
 def _tokens_in_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int | None:
@@ -464,43 +502,207 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def pretrain(recipe: PretrainRecipe) -> PretrainResult:
-    """Pretrain the recipe's model (see the module docstring).
+class ThroughputMeter:
+    """FLOPs, ECG/s and tokens/s of a run, kept apart from the step.
 
-    The summary holds ``steps``, ``examples`` (ECGs, all processes), ``elapsed_seconds``,
-    ``ecg_per_second`` and ``tokens_per_second`` (all processes, measured after the first
-    optimizer steps that follow the FLOP counting), ``flops_per_example`` (forward + backward,
-    counted on the first ``training.flop_count_micro_batches`` micro-batches of every process and
-    averaged: masks change the work per step),
-    ``achieved_flops_per_second``, ``mfu`` (``None`` when the device peak is unknown),
-    ``peak_memory_bytes``, ``final_loss``, ``stopped_early``, ``model_dir`` and ``replicas``: one
-    ``{"rank", "world_size", "weights_sha256"}`` per process (data-parallel runs stop with an error
-    if the replicas' weights, EMA targets included, differ at the end; under FSDP each process
-    holds shards and the digest is left out).
+    The first ``flop_count_micro_batches`` micro-batches of every process run under a
+    `FlopCounter` (counting slows them down); the steady-state rate is measured from the first
+    optimizer step after them. ``window_rate`` gives the ECG/s since the last log line.
     """
+
+    def __init__(self, flop_count_micro_batches: int, device: torch.device):
+        self.flop_count_micro_batches = flop_count_micro_batches
+        self.device = device
+        self.flop_samples: list[tuple[int, int]] = []  # (FLOPs, ECGs) of the counted micro-batches
+        self.tokens_per_example: float | None = None
+        self.run_start = time.perf_counter()
+        self.measure_start: float | None = None
+        self.measured_examples = 0
+        self.session_examples = 0
+        self.window_start = self.run_start
+        self.window_examples = 0
+        self.end: float | None = None
+
+    @property
+    def counting(self) -> bool:
+        """Whether the next micro-batch has its FLOPs counted."""
+        return len(self.flop_samples) < self.flop_count_micro_batches
+
+    def flop_counter(self, local_examples: int):
+        """Context manager around one micro-batch's forward + backward (a no-op once counting is done)."""
+        meter = self
+
+        class _Count:
+            def __enter__(self):
+                self.counter = FlopCounter() if meter.counting else None
+                if self.counter is not None:
+                    self.counter.__enter__()
+
+            def __exit__(self, *exc):
+                if self.counter is not None:
+                    self.counter.__exit__(*exc)
+                    meter.flop_samples.append((self.counter.total, local_examples))
+                return False
+
+        return _Count()
+
+    def micro_batch(self, model: torch.nn.Module, batch: dict[str, Any], local_examples: int) -> None:
+        if self.tokens_per_example is None:
+            tokens = _tokens_in_batch(model, batch)
+            self.tokens_per_example = tokens / local_examples if tokens is not None else float("nan")
+        self.window_examples += local_examples
+        self.session_examples += local_examples
+        if self.measure_start is not None:
+            self.measured_examples += local_examples
+
+    def optimizer_step(self) -> None:
+        if self.measure_start is None and not self.counting:
+            # Steady-state throughput: after the warm-up step(s) and the (slower) counted ones.
+            self._synchronize()
+            self.measure_start = time.perf_counter()
+
+    def window_rate(self, num_processes: int) -> float:
+        """ECG/s (all processes) since the previous call; starts a new window."""
+        now = time.perf_counter()
+        rate = self.window_examples * num_processes / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_examples = now, 0
+        return rate
+
+    def stop(self) -> None:
+        self._synchronize()
+        self.end = time.perf_counter()
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def summary(self, accelerator, peak_tflops: float | None) -> dict[str, Any]:
+        """Throughput fields of the run summary (FLOPs averaged over the counted micro-batches of
+        every process: masks change the work per step)."""
+        start, examples = self.measure_start, self.measured_examples
+        if examples == 0 or start is None:  # too short a run: the whole session
+            start, examples = self.run_start, self.session_examples
+        counted = torch.tensor(
+            [float(sum(f for f, _ in self.flop_samples)), float(sum(n for _, n in self.flop_samples))],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
+        counted = accelerator.reduce(counted, reduction="sum").tolist()
+        flops_per_example = counted[0] / counted[1] if counted[1] > 0 and counted[0] > 0 else None
+        ecg_per_second = examples * accelerator.num_processes / max(self.end - start, 1e-9)
+        peak_device = (
+            peak_tflops * 1e12 if peak_tflops else peak_flops_per_second(accelerator.device, accelerator.mixed_precision)
+        )
+        achieved = flops_per_example * ecg_per_second if flops_per_example else None
+        memory, memory_kind = peak_memory_bytes(accelerator.device)
+        tokens = self.tokens_per_example
+        return {
+            "elapsed_seconds": self.end - self.run_start,
+            "ecg_per_second": ecg_per_second,
+            "tokens_per_second": ecg_per_second * tokens if tokens is not None and math.isfinite(tokens) else None,
+            "flops_per_example": flops_per_example,
+            "achieved_flops_per_second": achieved,
+            "mfu": model_flops_utilization(flops_per_example, ecg_per_second, peak_device, accelerator.num_processes)
+            if achieved and peak_device
+            else None,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+        }
+
+
+class LossWindow:
+    """Sums of the total loss and of every named term (``output.losses``) since the last log line,
+    averaged over micro-batches and processes when read."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.total = torch.zeros((), device=device)
+        self.terms: dict[str, torch.Tensor] = {}
+        self.micro_batches = 0
+
+    def add(self, loss: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        self.total += loss.detach().float()
+        for name, value in losses.items():
+            self.terms.setdefault(name, torch.zeros((), device=self.device))
+            self.terms[name] += value.detach().float()
+        self.micro_batches += 1
+
+    def mean(self, accelerator) -> tuple[float, dict[str, float]]:
+        """``(mean loss, {term: mean})`` over the window and every process; resets the window.
+        Every process must call it (it is a collective)."""
+        names = sorted(self.terms)
+        stacked = torch.stack([self.total, *(self.terms[n] for n in names)]) / max(self.micro_batches, 1)
+        values = accelerator.reduce(stacked, reduction="mean").tolist()
+        self.total.zero_()
+        for value in self.terms.values():
+            value.zero_()
+        self.micro_batches = 0
+        return values[0], dict(zip(names, values[1:]))
+
+
+def _named_losses(output: Any, model_name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, losses)`` of a model output: the scalar to backpropagate and its named terms
+    (``output.losses``, optional; open_clip's ``output_dict`` losses)."""
+    loss = getattr(output, "loss", None)
+    if loss is None:
+        raise ValueError(
+            f"{model_name}.forward returned no loss: the pretraining loop needs a model that computes its own loss"
+        )
+    losses = getattr(output, "losses", None) or {}
+    if not isinstance(losses, dict) or not all(torch.is_tensor(v) and v.ndim == 0 for v in losses.values()):
+        raise ValueError(f"{model_name}.forward: `losses` must be a dict of scalar tensors, got {losses!r}")
+    return loss, losses
+
+
+@dataclass
+class _Run:
+    """What `_set_up` builds for one session of a run."""
+
+    accelerator: Any
+    model: torch.nn.Module  # wrapped by Accelerate (DDP / FSDP)
+    unwrapped: torch.nn.Module
+    feature_extractor: Any
+    collator: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    progress: TrainingProgress
+    total_steps: int
+    stop_at: int
+    resume_from: Path | None
+    output_dir: Path
+    checkpoints_dir: Path
+
+
+def _resume_source(training: TrainingSettings, checkpoints_dir: Path) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run (which must not mix with an old one)."""
+    if training.resume_from_checkpoint is None:
+        if find_latest_checkpoint(checkpoints_dir) is not None:
+            raise FileExistsError(
+                f"{checkpoints_dir} already holds checkpoints: continue that run with --resume "
+                "(training.resume_from_checkpoint=latest) or choose another output_dir"
+            )
+        return None
+    if training.resume_from_checkpoint == "latest":
+        resume_from = find_latest_checkpoint(checkpoints_dir)
+        if resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {checkpoints_dir}")
+        return resume_from
+    resume_from = Path(training.resume_from_checkpoint)
+    if not resume_from.is_dir():
+        raise FileNotFoundError(f"--resume: checkpoint folder {resume_from} does not exist")
+    return resume_from
+
+
+def _set_up(recipe: PretrainRecipe) -> _Run:
+    """Accelerator, model, feature extractor, data, optimizer and schedule; restores a checkpoint."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     training, data = recipe.training, recipe.data
     accelerator = _make_accelerator(recipe)
     output_dir = Path(recipe.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
-
-    resume_from: Path | None = None
-    if training.resume_from_checkpoint is not None:
-        if training.resume_from_checkpoint == "latest":
-            resume_from = find_latest_checkpoint(checkpoints_dir)
-            if resume_from is None:
-                raise FileNotFoundError(f"--resume: no checkpoint under {checkpoints_dir}")
-        else:
-            resume_from = Path(training.resume_from_checkpoint)
-            if not resume_from.is_dir():
-                raise FileNotFoundError(f"--resume: checkpoint folder {resume_from} does not exist")
-    elif find_latest_checkpoint(checkpoints_dir) is not None:
-        raise FileExistsError(
-            f"{checkpoints_dir} already holds checkpoints: continue that run with --resume "
-            "(training.resume_from_checkpoint=latest) or choose another output_dir"
-        )
+    resume_from = _resume_source(training, checkpoints_dir)
 
     # Same seed on every process, so every process builds the same initial weights.
     set_seed(recipe.seed)
@@ -512,11 +714,9 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
         model.gradient_checkpointing_enable()
-    forward_keys = _forward_keys(model)
 
-    dataset = _load_dataset(recipe)
     loader = build_train_dataloader(
-        dataset,
+        _load_dataset(recipe),
         collator,
         data.batch_size,
         num_replicas=accelerator.num_processes,
@@ -534,8 +734,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     groups = build_param_groups(model, weight_decay, training.no_weight_decay_names)
     optimizer = instantiate(recipe.optimizer, params=groups)
     scheduler = instantiate(recipe.lr_scheduler, optimizer=optimizer, num_training_steps=total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
+    wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(wrapped)
 
     # Each process draws its own masks / drop-path (seed + rank); a resume restores these streams.
     set_seed(recipe.seed, device_specific=True)
@@ -557,8 +757,6 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     if recipe.tracking.log_with:
         accelerator.init_trackers(recipe.tracking.project_name, config=flatten_recipe(recipe))
 
-    post_step = getattr(unwrapped, "post_optimizer_step", None)
-    post_step = post_step if callable(post_step) else None
     decayed = sum(p.numel() for g in groups if g["weight_decay"] > 0 for p in g["params"])
     trainable = sum(p.numel() for g in groups for p in g["params"])
     accelerator.print(
@@ -566,106 +764,158 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         f"{total_steps:,} optimizer steps of {data.batch_size * training.gradient_accumulation_steps * accelerator.num_processes} "
         f"ECGs, {accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}"
     )
-
     start_step = progress.step
-    stop_at = (
-        min(total_steps, start_step + training.stop_after_steps) if training.stop_after_steps else total_steps
+    stop_at = min(total_steps, start_step + training.stop_after_steps) if training.stop_after_steps else total_steps
+    return _Run(
+        accelerator=accelerator,
+        model=wrapped,
+        unwrapped=unwrapped,
+        feature_extractor=feature_extractor,
+        collator=collator,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loader=loader,
+        progress=progress,
+        total_steps=total_steps,
+        stop_at=stop_at,
+        resume_from=resume_from,
+        output_dir=output_dir,
+        checkpoints_dir=checkpoints_dir,
     )
+
+
+def _train_micro_batch(run: _Run, batch: dict[str, Any], meter: ThroughputMeter, max_grad_norm: float | None):
+    """Forward, backward and (on the last micro-batch of an accumulation) the optimizer and schedule
+    step. Returns ``(loss, losses, grad_norm or None, lr of this optimizer step or None)``."""
+    accelerator, model = run.accelerator, run.model
+    local_examples = int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
+    meter.micro_batch(run.unwrapped, batch, local_examples)
+    grad_norm = lr = None
+    with accelerator.accumulate(model):
+        with meter.flop_counter(local_examples):
+            loss, losses = _named_losses(model(**batch), type(run.unwrapped).__name__)
+            accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm is not None:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        run.optimizer.step()
+        if accelerator.sync_gradients:
+            lr = run.scheduler.get_last_lr()[0]  # the rate this optimizer step used
+            if not accelerator.optimizer_step_was_skipped:
+                run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    run.progress.examples += local_examples
+    return loss, losses, grad_norm, lr
+
+
+def _summarise(run: _Run, meter: ThroughputMeter, peak_tflops: float | None, final: dict[str, Any]) -> dict[str, Any]:
+    """The run summary (see `pretrain`); checks that data-parallel replicas ended identical."""
+    from accelerate.utils import DistributedType, gather_object
+
+    accelerator, progress = run.accelerator, run.progress
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    replicas = gather_object(
+        [
+            {
+                "rank": accelerator.process_index,
+                "world_size": accelerator.num_processes,
+                "weights_sha256": None if sharded else _weights_digest(run.unwrapped),
+            }
+        ]
+    )
+    if not sharded and len({replica["weights_sha256"] for replica in replicas}) > 1:
+        raise RuntimeError(f"the data-parallel replicas ended with different weights: {replicas}")
+    return {
+        "steps": progress.step,
+        "total_steps": run.total_steps,
+        "examples": progress.examples * accelerator.num_processes,
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": str(accelerator.mixed_precision),
+        **meter.summary(accelerator, peak_tflops),
+        **final,
+        "progress": asdict(progress),
+        "replicas": replicas,
+    }
+
+
+def pretrain(recipe: PretrainRecipe) -> PretrainResult:
+    """Pretrain the recipe's model (see the module docstring).
+
+    One ECG's path: dataset row -> collator (the feature extractor inside) -> ``model(**batch)``
+    -> ``output.loss`` (and its named ``output.losses``) -> backward -> optimizer and schedule ->
+    ``model.post_optimizer_step``. Set-up is `_set_up`, one micro-batch `_train_micro_batch`,
+    throughput `ThroughputMeter`, the summary `_summarise`.
+
+    The summary holds ``steps``, ``examples`` (ECGs, all processes), ``elapsed_seconds``,
+    ``ecg_per_second`` and ``tokens_per_second`` (all processes, measured after the first
+    optimizer steps that follow the FLOP counting), ``flops_per_example`` (forward + backward,
+    counted on the first ``training.flop_count_micro_batches`` micro-batches of every process and
+    averaged: masks change the work per step), ``achieved_flops_per_second``, ``mfu`` (``None``
+    when the device peak is unknown), ``peak_memory_bytes``, ``final_loss`` and ``final_losses``
+    (each named term of the last logged window), ``stopped_early``, ``model_dir`` and ``replicas``:
+    one ``{"rank", "world_size", "weights_sha256"}`` per process (data-parallel runs stop with an
+    error if the replicas' weights, EMA targets included, differ at the end; under FSDP each
+    process holds shards and the digest is left out).
+    """
+    from tqdm.auto import tqdm
+
+    training = recipe.training
+    run = _set_up(recipe)
+    accelerator, progress = run.accelerator, run.progress
+    post_step = getattr(run.unwrapped, "post_optimizer_step", None)
+    post_step = post_step if callable(post_step) else None
     bar = tqdm(
-        total=total_steps,
-        initial=start_step,
+        total=run.total_steps,
+        initial=progress.step,
         desc="pretrain",
         unit="step",
         disable=not (accelerator.is_main_process and training.progress_bar),
         dynamic_ncols=True,
     )
-
-    flop_samples: list[tuple[int, int]] = []  # (FLOPs, ECGs) of the counted micro-batches
-    tokens_per_example: float | None = None
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_micro_batches = 0
-    window_examples = 0
-    window_start = time.perf_counter()
-    measure_start: float | None = None
-    measured_examples = 0
-    session_examples = 0
+    meter = ThroughputMeter(training.flop_count_micro_batches, accelerator.device)
+    window = LossWindow(accelerator.device)
     last_loss: float | None = None
-    grad_norm: torch.Tensor | float | None = None
+    last_losses: dict[str, float] = {}
+    grad_norm = None
     step_lr = float("nan")
-    last_checkpoint_step = start_step if resume_from is not None else -1
-    run_start = time.perf_counter()
+    last_checkpoint_step = progress.step if run.resume_from is not None else -1
+    checked_keys = False
+    batch = loss = losses = None
 
-    model.train()
-    batches = _micro_batches(loader, progress)
-    while progress.step < stop_at:
+    run.model.train()
+    batches = _micro_batches(run.loader, progress)
+    while progress.step < run.stop_at:
         batch = next(batches)
+        if not checked_keys:
+            _check_batch_keys(run.unwrapped, batch, run.collator)
+            checked_keys = True
         batch = {
             key: value.to(accelerator.device, non_blocking=True) if torch.is_tensor(value) else value
             for key, value in batch.items()
-            if forward_keys is None or key in forward_keys
         }
-        local_examples = int(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
-        count_flops = len(flop_samples) < training.flop_count_micro_batches
-        if tokens_per_example is None:
-            tokens = _tokens_in_batch(unwrapped, batch)
-            tokens_per_example = tokens / local_examples if tokens is not None else float("nan")
-
-        with accelerator.accumulate(model):
-            counter = FlopCounter() if count_flops else None
-            if counter is not None:
-                counter.__enter__()
-            try:
-                loss = model(**batch).loss
-                if loss is None:
-                    raise ValueError(
-                        f"{type(unwrapped).__name__}.forward returned no loss: the pretraining loop needs "
-                        "a model that computes its own loss"
-                    )
-                accelerator.backward(loss)
-            finally:
-                if counter is not None:
-                    counter.__exit__(None, None, None)
-                    flop_samples.append((counter.total, local_examples))
-            if accelerator.sync_gradients and training.max_grad_norm is not None:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-            optimizer.step()
-            if accelerator.sync_gradients:
-                step_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used
-                if not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        window_loss += loss.detach().float()
-        window_micro_batches += 1
-        window_examples += local_examples
-        progress.examples += local_examples
-        session_examples += local_examples
-        if measure_start is not None:
-            measured_examples += local_examples
+        loss, losses, step_grad_norm, lr = _train_micro_batch(run, batch, meter, training.max_grad_norm)
+        window.add(loss, losses)
         if not accelerator.sync_gradients:
             continue
+        grad_norm = step_grad_norm if step_grad_norm is not None else grad_norm
+        step_lr = lr if lr is not None else step_lr
 
         progress.step += 1
         step = progress.step
         # 0-based index of the optimizer step just taken (the official ECG-JEPA momentum schedule).
-        extra = post_step(step - 1, total_steps) if post_step is not None else {}
-        if measure_start is None and not count_flops:
-            # Steady-state throughput: after the warm-up step(s) and the (slower) counted ones.
-            if accelerator.device.type == "cuda":
-                torch.cuda.synchronize()
-            measure_start = time.perf_counter()
+        extra = post_step(step - 1, run.total_steps) if post_step is not None else {}
+        meter.optimizer_step()
         bar.update(1)
 
-        if step % training.log_every_steps == 0 or step == stop_at:
-            mean_loss = accelerator.reduce(window_loss / window_micro_batches, reduction="mean").item()
+        if step % training.log_every_steps == 0 or step == run.stop_at:
+            mean_loss, mean_terms = window.mean(accelerator)
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"non-finite loss {mean_loss} at optimizer step {step}")
-            now = time.perf_counter()
-            ecg_per_second = window_examples * accelerator.num_processes / max(now - window_start, 1e-9)
-            lr = step_lr
+            ecg_per_second = meter.window_rate(accelerator.num_processes)
             logs = {
                 "train/loss": mean_loss,
-                "train/lr": lr,
+                **{f"train/loss/{name}": value for name, value in mean_terms.items()},
+                "train/lr": step_lr,
                 "train/ecg_per_second": ecg_per_second,
                 "train/epoch": progress.epoch,
             }
@@ -673,98 +923,68 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
                 logs["train/grad_norm"] = float(grad_norm)
             logs.update({f"train/{key}": float(value) for key, value in (extra or {}).items()})
             accelerator.log(logs, step=step)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ecg_s=f"{ecg_per_second:.1f}")
-            last_loss = mean_loss
-            window_loss.zero_()
-            window_micro_batches = window_examples = 0
-            window_start = now
+            bar.set_postfix(
+                loss=f"{mean_loss:.4f}",
+                **{name: f"{value:.4f}" for name, value in mean_terms.items()},
+                lr=f"{step_lr:.2e}",
+                ecg_s=f"{ecg_per_second:.1f}",
+            )
+            last_loss, last_losses = mean_loss, mean_terms
 
-        if (
-            training.checkpoint_every_steps and step % training.checkpoint_every_steps == 0
-        ) or step == stop_at:
-            save_checkpoint(accelerator, checkpoints_dir, progress, training.keep_last_checkpoints)
+        if (training.checkpoint_every_steps and step % training.checkpoint_every_steps == 0) or step == run.stop_at:
+            save_checkpoint(accelerator, run.checkpoints_dir, progress, training.keep_last_checkpoints)
             last_checkpoint_step = step
     bar.close()
 
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize()
-    end = time.perf_counter()
+    meter.stop()
     if last_checkpoint_step != progress.step:
-        save_checkpoint(accelerator, checkpoints_dir, progress, training.keep_last_checkpoints)
-    stopped_early = progress.step < total_steps
-    model_dir = output_dir / "model"
+        save_checkpoint(accelerator, run.checkpoints_dir, progress, training.keep_last_checkpoints)
+    stopped_early = progress.step < run.total_steps
+    model_dir = run.output_dir / "model"
     if not stopped_early:
-        _save_final_model(accelerator, model, feature_extractor, model_dir)
+        _save_final_model(accelerator, run.model, run.feature_extractor, model_dir)
 
-    # Throughput after the first optimizer step of this session (the whole session if it had one step).
-    if measured_examples == 0 or measure_start is None:  # too short a run: the whole session
-        measure_start, measured_examples = run_start, session_examples
-    counted = torch.tensor(
-        [float(sum(f for f, _ in flop_samples)), float(sum(n for _, n in flop_samples))],
-        dtype=torch.float64,
-        device=accelerator.device,
+    summary = _summarise(
+        run,
+        meter,
+        training.peak_tflops,
+        {
+            "final_loss": last_loss,
+            "final_losses": last_losses,
+            "stopped_early": stopped_early,
+            "model_dir": None if stopped_early else str(model_dir),
+        },
     )
-    counted = accelerator.reduce(counted, reduction="sum").tolist()
-    flops_per_example = counted[0] / counted[1] if counted[1] > 0 and counted[0] > 0 else None
-    seconds = max(end - measure_start, 1e-9)
-    ecg_per_second = measured_examples * accelerator.num_processes / seconds
-    peak_device = (
-        training.peak_tflops * 1e12
-        if training.peak_tflops
-        else peak_flops_per_second(accelerator.device, accelerator.mixed_precision)
-    )
-    achieved = flops_per_example * ecg_per_second if flops_per_example else None
-    memory, memory_kind = peak_memory_bytes(accelerator.device)
-    from accelerate.utils import DistributedType, gather_object
-
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    replicas = gather_object(
-        [
-            {
-                "rank": accelerator.process_index,
-                "world_size": accelerator.num_processes,
-                "weights_sha256": None if sharded else _weights_digest(unwrapped),
-            }
-        ]
-    )
-    if not sharded and len({replica["weights_sha256"] for replica in replicas}) > 1:
-        raise RuntimeError(f"the data-parallel replicas ended with different weights: {replicas}")
-    summary = {
-        "steps": progress.step,
-        "total_steps": total_steps,
-        "examples": progress.examples * accelerator.num_processes,
-        "num_processes": accelerator.num_processes,
-        "device": str(accelerator.device),
-        "mixed_precision": str(accelerator.mixed_precision),
-        "elapsed_seconds": end - run_start,
-        "ecg_per_second": ecg_per_second,
-        "tokens_per_second": ecg_per_second * tokens_per_example
-        if tokens_per_example is not None and math.isfinite(tokens_per_example)
-        else None,
-        "flops_per_example": flops_per_example,
-        "achieved_flops_per_second": achieved,
-        "mfu": model_flops_utilization(
-            flops_per_example, ecg_per_second, peak_device, accelerator.num_processes
-        )
-        if achieved and peak_device
-        else None,
-        "peak_memory_bytes": memory,
-        "peak_memory_kind": memory_kind,
-        "final_loss": last_loss,
-        "stopped_early": stopped_early,
-        "model_dir": None if stopped_early else str(model_dir),
-        "progress": asdict(progress),
-        "replicas": replicas,
-    }
     if accelerator.is_main_process:
-        write_json_atomic(output_dir / "summary.json", summary)
+        write_json_atomic(run.output_dir / "summary.json", summary)
         from rich.console import Console
 
         Console().print(render_summary(summary))
         if stopped_early:
-            accelerator.print(f"stopped after step {progress.step} of {total_steps}; continue with --resume")
+            accelerator.print(f"stopped after step {progress.step} of {run.total_steps}; continue with --resume")
+    batch = loss = losses = None  # noqa: F841  (their autograd graphs reference the DDP wrapper)
+    _tear_down(run)
+    return PretrainResult(summary=summary, model=run.unwrapped, feature_extractor=run.feature_extractor)
+
+
+def _tear_down(run: _Run) -> None:
+    """End the run's distributed state in the one order that cannot hang at exit.
+
+    Freed in the wrong order, a 2-process gloo run could finish training and then never exit: the
+    DDP wrapper's ``Reducer`` held the last reference to a process group that
+    ``accelerator.end_training()`` had already deregistered, so its deallocation ran
+    ``~ProcessGroupGloo`` (which joins the gloo worker threads) on the main thread with the GIL
+    held, while a worker thread was destroying a finished collective's work object and waited for
+    the GIL. So: a barrier (every collective of every process has completed), then drop the
+    wrapper, optimizer and schedule (ours and Accelerate's references) while the default group
+    still holds its own reference, collect them, and only then destroy the process group.
+    """
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()
+    run.model = run.optimizer = run.scheduler = None
+    accelerator.free_memory()
+    gc.collect()
     accelerator.end_training()
-    return PretrainResult(summary=summary, model=unwrapped, feature_extractor=feature_extractor)
 
 
 def load_summary(output_dir: str | Path) -> dict[str, Any]:

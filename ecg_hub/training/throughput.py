@@ -160,6 +160,8 @@ def render_summary(summary: dict[str, Any], title: str = "ecg-hub pretraining") 
     row("processes", f"{summary['num_processes']} ({summary['device']}, {summary['mixed_precision']})")
     row("wall time", f"{summary['elapsed_seconds']:.1f} s")
     row("final loss", "n/a" if summary.get("final_loss") is None else f"{summary['final_loss']:.4f}")
+    for name, value in (summary.get("final_losses") or {}).items():
+        row(f"  loss term {name}", f"{value:.4f}")
     row("ECG/s", f"{summary['ecg_per_second']:,.1f}")
     row("tokens/s", format_count(summary.get("tokens_per_second")))
     row("FLOPs per ECG (train step)", format_count(summary.get("flops_per_example"), "FLOP"))

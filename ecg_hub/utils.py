@@ -1,0 +1,65 @@
+"""Small helpers shared across ecg-hub: one atomic JSON writer, one keyword filter by signature.
+
+Standard library only, so any module (training, evaluation, pipelines, the Hub publisher) can
+import it without pulling in anything else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["accepted_kwargs", "accepts_var_kwargs", "write_json_atomic"]
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any, *, indent: int = 2, sort_keys: bool = False) -> None:
+    """Write ``document`` as JSON to ``path`` atomically.
+
+    The JSON goes to a temporary file in the same folder (created if missing), is flushed and
+    ``fsync``-ed, then renamed over ``path`` with ``os.replace``: a reader sees the old file or the
+    new one, never half of one, even after a crash. The file ends with a newline.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=indent, sort_keys=sort_keys)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _parameters(function: Callable) -> Mapping[str, inspect.Parameter]:
+    return inspect.signature(function).parameters
+
+
+def accepts_var_kwargs(function: Callable) -> bool:
+    """True when ``function`` takes ``**kwargs``."""
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _parameters(function).values())
+
+
+def accepted_kwargs(function: Callable, mapping: Mapping[str, Any], *, explicit_only: Iterable[str] = ()) -> dict:
+    """The entries of ``mapping`` that ``function`` accepts as keyword arguments.
+
+    Every entry when ``function`` takes ``**kwargs``, else the entries its signature names. Keys
+    in ``explicit_only`` are kept only when the signature names them (not through ``**kwargs``),
+    e.g. an optional ``lead_mask`` that a ``forward(**kwargs)`` would not expect.
+    """
+    parameters = _parameters(function)
+    var_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    explicit_only = set(explicit_only)
+    return {
+        key: value
+        for key, value in mapping.items()
+        if key in parameters or (var_kwargs and key not in explicit_only)
+    }

@@ -1,0 +1,207 @@
+"""The family registry: every fact about a model family in one declaration, next to its code.
+
+Each family declares one `ModelFamily` as ``FAMILY`` in its ``configuration_<family>.py`` (as timm
+keeps ``default_cfgs`` beside the architecture): its model types with their config class and the
+model class per Auto class, the processor if it has one, its feature-extractor input presets, its
+model-card template, the pipelines it serves and its entries in the checkpoint catalogue. What
+ecg-hub derives from it:
+
+* ``import ecg_hub`` registration of every config, model, feature extractor and processor with the
+  transformers Auto classes (`register_families`);
+* ``EcgFeatureExtractor.from_preset`` (`input_preset`);
+* the publisher's family lookup, model-card template and ``auto_map`` classes (``ecg_hub.hub``);
+* the checkpoint catalogue (``ecg_hub.list_pretrained_checkpoints``, ``ecg-hub download --list``);
+* the shared model test battery.
+
+A new family writes its configuration/modeling files with a ``FAMILY`` declaration and adds its
+configuration module to :data:`FAMILY_MODULES`; nothing else in ecg-hub names it.
+
+Class references are ``"module.ClassName"`` strings relative to this package, so reading the
+registry imports no model code. This module imports the standard library only; family modules are
+loaded with ``importlib`` when first asked for, and a family whose files are absent (a Hub
+remote-code bundle holds one family's files) is skipped.
+"""
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The configuration modules that declare a ``FAMILY``, in catalogue order.
+FAMILY_MODULES: tuple[str, ...] = ("configuration_ecg_jepa", "configuration_etp")
+
+#: Auto classes a family may map model classes to (``ModelType.models`` keys).
+AUTO_MODEL_CLASSES: tuple[str, ...] = (
+    "AutoModel",
+    "AutoModelForPreTraining",
+    "AutoModelForSequenceClassification",
+    "AutoModelForMaskedLM",
+)
+
+#: Catalogue statuses: ``published`` (weights on the Hub), ``planned`` (the name the project will
+#: publish under; nothing uploaded yet).
+CHECKPOINT_STATUSES = ("published", "planned")
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One ``config.model_type`` of a family.
+
+    Attributes:
+        config: ``"module.Class"`` of its ``PreTrainedConfig``.
+        models: Auto class name -> ``"module.Class"`` of the model registered for it.
+        processor: ``"module.Class"`` of its ``ProcessorMixin`` (ECG-text models), else None; the
+            ``EcgFeatureExtractor`` is registered for every model type.
+    """
+
+    config: str
+    models: dict[str, str]
+    processor: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One checkpoint of the catalogue.
+
+    Attributes:
+        repo_id: Hub repo id (``"ecg-hub/ecg-jepa-multiblock"``).
+        architecture: the class ``from_pretrained`` builds from it.
+        input_preset: the `input_preset` name of the input it expects.
+        description: one line about what it is.
+        status: ``published`` or ``planned`` (see :data:`CHECKPOINT_STATUSES`).
+    """
+
+    repo_id: str
+    architecture: str
+    input_preset: str
+    description: str
+    status: str = "planned"
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything ecg-hub knows about one model family (see the module docstring).
+
+    Attributes:
+        name: family id (``"ecg_jepa"``), also the model-card template's stem by default.
+        title: display name (``"ECG-JEPA"``).
+        paper: citation in one line.
+        model_types: ``model_type`` -> `ModelType`; the first is the family's main model type.
+        input_presets: preset name -> `EcgFeatureExtractor` keyword arguments.
+        model_card: template file name in ``model_cards/``.
+        pipelines: ``transformers.pipeline`` tasks its models serve.
+        checkpoints: its catalogue entries.
+    """
+
+    name: str
+    title: str
+    paper: str
+    model_types: dict[str, ModelType]
+    input_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_card: str = ""
+    pipelines: tuple[str, ...] = ()
+    checkpoints: tuple[CheckpointEntry, ...] = ()
+
+    def __post_init__(self):
+        for entry in self.checkpoints:
+            if entry.status not in CHECKPOINT_STATUSES:
+                raise ValueError(f"family {self.name}: checkpoint {entry.repo_id} has status {entry.status!r}")
+        for model_type, spec in self.model_types.items():
+            unknown = set(spec.models) - set(AUTO_MODEL_CLASSES)
+            if unknown:
+                raise ValueError(f"family {self.name}: model type {model_type} maps unknown Auto classes {unknown}")
+        if not self.model_card:
+            object.__setattr__(self, "model_card", f"{self.name}.md")
+
+
+_FAMILIES: dict[str, ModelFamily] | None = None
+
+
+def families() -> dict[str, ModelFamily]:
+    """Family name -> `ModelFamily`, for every family whose files are present."""
+    global _FAMILIES
+    if _FAMILIES is None:
+        found: dict[str, ModelFamily] = {}
+        for module_name in FAMILY_MODULES:
+            try:
+                module = importlib.import_module(f"{__package__}.{module_name}")
+            except ImportError:  # a remote-code bundle holds one family's files only
+                continue
+            family = module.FAMILY
+            if family.name in found:
+                raise ValueError(f"model family {family.name!r} is declared twice")
+            found[family.name] = family
+        _FAMILIES = found
+    return _FAMILIES
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called ``name``; a ValueError lists the known ones."""
+    known = families()
+    if name not in known:
+        raise ValueError(f"unknown model family {name!r}; known families: {sorted(known)}")
+    return known[name]
+
+
+def family_of_model_type(model_type: str) -> ModelFamily | None:
+    """The family that declares ``model_type``, or None."""
+    return next((f for f in families().values() if model_type in f.model_types), None)
+
+
+def input_presets() -> dict[str, dict[str, Any]]:
+    """Every family's feature-extractor presets by name (a preset name belongs to one family)."""
+    presets: dict[str, dict[str, Any]] = {}
+    for family in families().values():
+        for name, values in family.input_presets.items():
+            if name in presets:
+                raise ValueError(f"input preset {name!r} is declared by two families")
+            presets[name] = values
+    return presets
+
+
+def input_preset(name: str) -> dict[str, Any]:
+    """A copy of the keyword arguments of preset ``name``; a ValueError lists the known presets."""
+    presets = input_presets()
+    if name not in presets:
+        raise ValueError(f"unknown feature-extractor preset {name!r}; known presets: {sorted(presets)}")
+    return {key: list(value) if isinstance(value, list) else value for key, value in presets[name].items()}
+
+
+def resolve_class(reference: str):
+    """The class of a ``"module.ClassName"`` reference relative to this package."""
+    module_name, _, class_name = reference.rpartition(".")
+    return getattr(importlib.import_module(f"{__package__}.{module_name}"), class_name)
+
+
+def register_families() -> None:
+    """Register every family's configs, models, feature extractor and processors with the transformers
+    Auto classes (idempotent: ``exist_ok=True``)."""
+    import transformers
+
+    from .feature_extraction_ecg import EcgFeatureExtractor
+
+    for family in families().values():
+        for model_type, spec in family.model_types.items():
+            config_class = resolve_class(spec.config)
+            transformers.AutoConfig.register(model_type, config_class, exist_ok=True)
+            for auto_name, reference in spec.models.items():
+                getattr(transformers, auto_name).register(config_class, resolve_class(reference), exist_ok=True)
+            transformers.AutoFeatureExtractor.register(config_class, EcgFeatureExtractor, exist_ok=True)
+            if spec.processor is not None:
+                transformers.AutoProcessor.register(config_class, resolve_class(spec.processor), exist_ok=True)
+
+
+__all__ = [
+    "AUTO_MODEL_CLASSES",
+    "CHECKPOINT_STATUSES",
+    "FAMILY_MODULES",
+    "CheckpointEntry",
+    "ModelFamily",
+    "ModelType",
+    "families",
+    "family_of_model_type",
+    "get_family",
+    "input_preset",
+    "input_presets",
+    "register_families",
+    "resolve_class",
+]

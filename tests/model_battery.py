@@ -1,0 +1,176 @@
+"""Tiny configs and inputs of every ecg-hub model class, for the shared battery in
+``test_model_battery.py`` (in the spirit of transformers' ``ModelTesterMixin``).
+
+A new family adds one `ModelSpec` per model class to :data:`MODEL_SPECS`; the battery then runs
+every check on it, and fails while a model type declared in the registry has no spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import BertConfig
+
+from ecg_hub.modeling import (
+    EcgFeatureExtractor,
+    EcgJepaConfig,
+    EcgJepaForPreTraining,
+    EcgJepaForSequenceClassification,
+    EcgJepaModel,
+    EcgResNetConfig,
+    EcgResNetForSequenceClassification,
+    EcgResNetModel,
+    EtpConfig,
+    EtpForSequenceClassification,
+    EtpModel,
+)
+
+BATCH = 3
+
+
+def tiny_ecg_jepa_config(**overrides) -> EcgJepaConfig:
+    """Width 32, depth 2, 8 leads x 10 patches of 50 samples (2 s at 250 Hz)."""
+    values = dict(
+        num_samples=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        predictor_hidden_size=16, predictor_num_hidden_layers=2, predictor_num_attention_heads=2,
+        predictor_intermediate_size=32, num_labels=3,
+    )
+    values.update(overrides)
+    return EcgJepaConfig(**values)
+
+
+def tiny_ecg_resnet_config(**overrides) -> EcgResNetConfig:
+    """Three stages of 8/16/32 channels, 12 leads, 4 s at 100 Hz."""
+    values = dict(
+        hidden_sizes=[8, 16, 32], depths=[1, 1, 1], embedding_size=8, sampling_rate=100, num_samples=400, num_labels=3
+    )
+    values.update(overrides)
+    return EcgResNetConfig(**values)
+
+
+def tiny_etp_config(**overrides) -> EtpConfig:
+    values = dict(
+        ecg_config=tiny_ecg_resnet_config(),
+        text_config=BertConfig(
+            vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=32,
+        ),
+        projection_dim=16,
+        text_projection_hidden_dim=16,
+        freeze_text_layers=1,
+        text_pooling="mean",
+        num_labels=3,
+    )
+    values.update(overrides)
+    return EtpConfig(**values)
+
+
+def _ecg_inputs(num_leads: int, num_samples: int, scale: float) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {"input_values": scale * torch.randn(BATCH, num_leads, num_samples, generator=generator)}
+
+
+def _text_inputs() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 60, (BATCH, 9), generator=generator)
+    mask = torch.ones(BATCH, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@dataclass
+class ModelSpec:
+    """How the battery builds, feeds and reads one model class.
+
+    Attributes:
+        name: test id.
+        model_class / config: the class and its tiny config factory.
+        auto_class: the Auto class that must load its saved folder.
+        inputs: fixed inputs (ECG in mV or as the family's scaling, plus text where needed).
+        output: the tensor the checks compare (``pooler_output``, ``logits``, ``loss``, ...).
+        ecg_time_mask: the name of the ECG ``(batch, samples)`` mask argument.
+        preset: the feature-extractor preset saved next to the model (export check).
+        has_attention: whether sdpa and eager must agree.
+        labels: labels for a classifier's loss.
+        extra: more forward keyword arguments (fixed masks of pretraining models).
+    """
+
+    name: str
+    model_class: type
+    config: Callable[..., Any]
+    auto_class: str
+    inputs: Callable[[], dict[str, torch.Tensor]]
+    output: str
+    preset: dict[str, Any]
+    ecg_time_mask: str = "attention_mask"
+    has_attention: bool = False
+    labels: Callable[[], torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.labels is not None
+
+    @property
+    def trains_by_its_own_loss(self) -> bool:
+        return self.output == "loss"
+
+
+def _jepa_mask() -> torch.Tensor:
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[3:6] = True
+    return mask
+
+
+def _multi_hot() -> torch.Tensor:
+    return torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+JEPA_PRESET = {"name": "ecg_jepa", "num_samples": 500}
+RESNET_PRESET = {"name": "etp", "sampling_rate": 100, "num_samples": 400}
+
+MODEL_SPECS: list[ModelSpec] = [
+    ModelSpec(
+        "ecg_jepa_model", EcgJepaModel, tiny_ecg_jepa_config, "AutoModel",
+        lambda: _ecg_inputs(8, 500, 0.2), "pooler_output", JEPA_PRESET, has_attention=True,
+    ),
+    ModelSpec(
+        "ecg_jepa_pretraining", EcgJepaForPreTraining, tiny_ecg_jepa_config, "AutoModelForPreTraining",
+        lambda: _ecg_inputs(8, 500, 0.2), "loss", JEPA_PRESET, has_attention=True,
+        extra={"masked_time_patches": _jepa_mask()},
+    ),
+    ModelSpec(
+        "ecg_jepa_classifier", EcgJepaForSequenceClassification, tiny_ecg_jepa_config,
+        "AutoModelForSequenceClassification", lambda: _ecg_inputs(8, 500, 0.2), "logits", JEPA_PRESET,
+        has_attention=True, labels=_multi_hot,
+    ),
+    ModelSpec(
+        "ecg_resnet_model", EcgResNetModel, tiny_ecg_resnet_config, "AutoModel",
+        lambda: _ecg_inputs(12, 400, 1.0), "pooler_output", RESNET_PRESET,
+    ),
+    ModelSpec(
+        "ecg_resnet_classifier", EcgResNetForSequenceClassification, tiny_ecg_resnet_config,
+        "AutoModelForSequenceClassification", lambda: _ecg_inputs(12, 400, 1.0), "logits", RESNET_PRESET,
+        labels=_multi_hot,
+    ),
+    ModelSpec(
+        "etp_model", EtpModel, tiny_etp_config, "AutoModel",
+        lambda: {**_ecg_inputs(12, 400, 1.0), **_text_inputs(), "return_loss": True}, "loss", RESNET_PRESET,
+        ecg_time_mask="ecg_attention_mask", has_attention=True,
+    ),
+    ModelSpec(
+        "etp_classifier", EtpForSequenceClassification, tiny_etp_config, "AutoModelForSequenceClassification",
+        lambda: _ecg_inputs(12, 400, 1.0), "logits", RESNET_PRESET, labels=_multi_hot,
+    ),
+]
+
+
+def feature_extractor_for(spec: ModelSpec) -> EcgFeatureExtractor:
+    preset = dict(spec.preset)
+    return EcgFeatureExtractor.from_preset(preset.pop("name"), **preset)
+
+
+__all__ = ["MODEL_SPECS", "ModelSpec", "feature_extractor_for", "tiny_ecg_jepa_config", "tiny_ecg_resnet_config", "tiny_etp_config"]
