@@ -39,6 +39,16 @@ class EcgResNetModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+@torch.no_grad()
+def init_relu_conv_(module: nn.Module) -> None:
+    """He init (fan-out) of a ``Conv1d`` feeding a ReLU, zero bias, as torchvision's ResNet; other
+    modules are left alone."""
+    if isinstance(module, nn.Conv1d):
+        init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            init.zeros_(module.bias)
+
+
 class EcgResNetBasicBlock(nn.Module):
     """Two 3-tap convolutions with BatchNorm and an identity or 1x1-conv shortcut (expansion 1)."""
 
@@ -103,11 +113,7 @@ class EcgResNetPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, nn.Conv1d):
-            # He init for ReLU networks, as torchvision's ResNet.
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        init_relu_conv_(module)
 
 
 class EcgResNetModel(EcgResNetPreTrainedModel):

@@ -31,7 +31,7 @@ from .configuration_ecg_resnet import EcgResNetConfig
 from .configuration_etp import DEFAULT_TEXT_MODEL, EtpConfig
 from .contrastive import average_batchnorm_statistics, contrastive_loss
 from .heads import SequenceClassificationHeadMixin
-from .modeling_ecg_resnet import EcgResNetModel
+from .modeling_ecg_resnet import EcgResNetModel, init_relu_conv_
 from .text_tower import TextTowerMixin, load_text_tower, split_tower_kwargs
 
 logger = logging.get_logger(__name__)
@@ -138,11 +138,8 @@ class EtpPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, nn.Conv1d):
-            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, EtpAttentionPool):
+        init_relu_conv_(module)
+        if isinstance(module, EtpAttentionPool):
             embed_dim = module.positional_embedding.shape[-1]
             init.normal_(module.positional_embedding, std=embed_dim**-1)  # MERL: randn / embed_dim
             init.normal_(module.cls_token, std=1.0)

@@ -48,3 +48,16 @@ def shared_data() -> Path:
             pytest.fail(message + " (ECG_HUB_REQUIRE_SHARED_DATA=1)")
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two (no
+    spinning threads competing with other processes). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

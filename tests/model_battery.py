@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import BertConfig
-
 from ecg_hub.modeling import (
     EcgFeatureExtractor,
     EcgJepaConfig,
@@ -27,6 +25,7 @@ from ecg_hub.modeling import (
     EtpForSequenceClassification,
     EtpModel,
 )
+from transformers import BertConfig
 
 BATCH = 3
 

@@ -9,14 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 import ecg_hub  # noqa: F401  (registers the Auto classes)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny convolutions run faster on one thread, and much faster when the 2 CI cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**overrides) -> EcgResNetConfig:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from ecg_hub.modeling import EcgFeatureExtractor
 from ecg_hub.modeling.configuration_ecg_resnet import EcgResNetConfig
 from ecg_hub.modeling.configuration_etp import DEFAULT_TEXT_MODEL, EtpConfig
-from ecg_hub.modeling.leads import MIMIC_LEADS, STANDARD_LEADS
 from ecg_hub.modeling.contrastive import average_batchnorm_statistics, contrastive_loss
+from ecg_hub.modeling.leads import MIMIC_LEADS, STANDARD_LEADS
 from ecg_hub.modeling.modeling_ecg_resnet import EcgResNetModel
 from ecg_hub.modeling.modeling_etp import EtpForSequenceClassification, EtpModel
 from ecg_hub.modeling.processing_etp import EtpProcessor
@@ -37,13 +37,7 @@ REPORTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run faster on one thread, and much faster when the 2 CI cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

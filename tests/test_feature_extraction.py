@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 import wfdb
+from ecg_hub.modeling import EcgFeatureExtractor, canonical_lead_name, derive_limb_leads
+from ecg_hub.modeling.leads import INDEPENDENT_LEADS, MIMIC_LEADS, STANDARD_LEADS
 from scipy import signal as scipy_signal
 from transformers import AutoFeatureExtractor
 
 import ecg_hub  # noqa: F401  (registers the Auto classes)
 from ecg_hub.data.collators import EcgCollator
-from ecg_hub.modeling import EcgFeatureExtractor, canonical_lead_name, derive_limb_leads
-from ecg_hub.modeling.leads import INDEPENDENT_LEADS, MIMIC_LEADS, STANDARD_LEADS
 
 
 def _sine_record(num_leads=12, seconds=10.0, rate=500, seed=0):

@@ -718,13 +718,13 @@ def test_cli_reports_failures_with_a_message_and_exit_code(hub_server, tmp_path,
 def test_import_ecg_hub_registers_every_family_with_the_auto_classes():
     """After ``import ecg_hub`` every ecg-hub config type maps to a model and a feature extractor or
     processor (what loading by repo id without remote code needs), and ``publish`` knows its family."""
+    from ecg_hub.modeling.registry import family_of_model_type
     from transformers import AutoModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     import ecg_hub  # noqa: F401
-    from ecg_hub.modeling.registry import family_of_model_type
 
     registered = {
         t: c for t, c in CONFIG_MAPPING._extra_content.items() if c.__module__.startswith("ecg_hub.")
@@ -739,9 +739,10 @@ def test_import_ecg_hub_registers_every_family_with_the_auto_classes():
 
 
 def test_list_checkpoints_names_family_and_a_real_input_preset(capsys):
+    from ecg_hub.modeling.registry import families, input_presets
+
     import ecg_hub
     from ecg_hub import hub
-    from ecg_hub.modeling.registry import families, input_presets
 
     checkpoints = ecg_hub.list_pretrained_checkpoints()
     assert len({c.repo_id for c in checkpoints}) == len(checkpoints) >= 4

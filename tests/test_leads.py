@@ -1,7 +1,6 @@
 """Lead-name conventions."""
 
 import pytest
-
 from ecg_hub.modeling.leads import STANDARD_LEADS, canonical_lead_name, canonicalize_leads
 
 

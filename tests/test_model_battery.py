@@ -9,20 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from ecg_hub.modeling.registry import families, family_of_model_type
 from model_battery import BATCH, MODEL_SPECS, ModelSpec, feature_extractor_for
 
 import ecg_hub  # noqa: F401  (registers the Auto classes)
-from ecg_hub.modeling.registry import families, family_of_model_type
 
 SPEC_IDS = [spec.name for spec in MODEL_SPECS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _build(spec: ModelSpec, **config_overrides):

@@ -29,12 +29,7 @@ LABELS = ["SR", "SB", "ST", "AF"]
 DESCRIPTIONS = {"SB": ["sinus bradycardia", "slow heart rate"], "AF": "atrial fibrillation"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 
 from ecg_hub.recipe import load_recipe
 from ecg_hub.training.dataloading import EpochBatchSampler, SeededCollate, build_train_dataloader
-from ecg_hub.training.throughput import count_flops, model_flops_utilization, peak_flops_per_second
 from ecg_hub.training.optim import build_lr_scheduler, build_param_groups
 from ecg_hub.training.pretrain import PretrainRecipe, pretrain
+from ecg_hub.training.throughput import count_flops, model_flops_utilization, peak_flops_per_second
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO_ROOT / "recipes" / "ecg_jepa" / "pretrain_tiny.yaml"
@@ -103,14 +103,7 @@ def _recipe(output_dir: Path, dataset: Path, *overrides: str) -> PretrainRecipe:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two
-    (no spinning threads competing with other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
