@@ -88,7 +88,7 @@ def read_epoch(path: str, streaming: bool) -> dict:
     )
     start_anon = _status_kib("RssAnon")
     dataset = _load_dataset(recipe)
-    collator = instantiate(recipe.collator, feature_extractor=instantiate(recipe.feature_extractor))
+    collator = instantiate(recipe.collator, feature_extractor=instantiate(recipe.preprocessor))
     loader = build_train_dataloader(dataset, collator, 64, seed=0)
     records, peak_anon, peak_file = 0, 0, 0
     started = time.perf_counter()

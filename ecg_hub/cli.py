@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ecg-hub",
         description="ECG foundation models on the Hugging Face stack: data, pretraining, fine-tuning, evaluation, Hub.",
     )
-    from . import __version__
+    from .version import __version__
 
     parser.add_argument("--version", action="version", version=f"ecg-hub {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

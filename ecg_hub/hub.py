@@ -485,7 +485,9 @@ def _load_checkpoint(model_dir: Path):
     """Load (model, preprocessor) from a saved ecg-hub checkpoint folder with the registered classes."""
     from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor
 
-    import ecg_hub  # noqa: F401  (registers the ecg-hub classes with the Auto classes)
+    from .modeling import register_all
+
+    register_all()  # the ecg-hub classes with the Auto classes (idempotent; import ecg_hub does it too)
 
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"checkpoint {model_dir}: no config.json (expected a save_pretrained folder)")

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from ecg_hub.modeling import EcgFeatureExtractor
+from ecg_hub.modeling.heads import PROBLEM_TYPES as HEAD_PROBLEM_TYPES
 
 __all__ = [
     "PROBLEM_TYPES",
@@ -31,9 +32,10 @@ __all__ = [
     "load_feature_extractor",
 ]
 
-#: ``config.problem_type`` values of ecg-hub classification tasks: BCE on multi-hot labels, or
-#: cross-entropy on class indices (records with exactly one class).
-PROBLEM_TYPES = ("multi_label_classification", "single_label_classification")
+#: ``config.problem_type`` values of ecg-hub classification tasks (the heads' problem types but
+#: regression): BCE on multi-hot labels, or cross-entropy on class indices (records with exactly
+#: one class).
+PROBLEM_TYPES = tuple(problem for problem in HEAD_PROBLEM_TYPES if problem != "regression")
 
 
 def check_problem_type(problem_type: str, name: str = "problem_type") -> str:

@@ -79,6 +79,7 @@ _RESERVED_KEYS = (COMPONENT_KEY, PARTIAL_KEY)
 #: path itself (``recipe: my_package.MyRecipe``).
 RECIPE_SCHEMAS: dict[str, str] = {
     "pretrain": "ecg_hub.training.pretrain.PretrainRecipe",
+    "finetune": "ecg_hub.training.finetune.FinetuneRecipe",
 }
 
 

@@ -364,6 +364,6 @@ def test_base_recipe_keeps_the_etp_design():
     base = load_recipe("recipes/etp/pretrain_base.yaml")
     assert base.model["text_model_name_or_path"] == DEFAULT_TEXT_MODEL
     assert (base.model["freeze_text_layers"], base.model["projection_dim"], base.model["temperature"]) == (6, 256, 0.07)
-    assert base.feature_extractor["feature_extractor"]["name"] == "etp"
-    assert base.feature_extractor["max_text_length"] == 256
+    assert base.preprocessor["feature_extractor"]["name"] == "etp"
+    assert base.preprocessor["max_text_length"] == 256
     assert (base.optimizer["lr"], base.optimizer["weight_decay"], base.data.batch_size) == (1e-3, 1e-8, 128)

@@ -140,9 +140,13 @@ def test_recipe_errors_name_the_key():
 
 
 @pytest.mark.parametrize("task", ["superclass", "subclass", "form", "rhythm"])
-def test_ptbxl_recipes_load(task):
-    recipe = load_finetune_recipe(f"ecg_jepa/finetune_ptbxl_{task}")
-    assert recipe.data.label_column == task
+def test_one_model_agnostic_ptbxl_recipe_serves_every_task_and_model(task):
+    recipe = load_finetune_recipe(
+        "finetune/ptbxl", [f"data.label_column={task}", "model.pretrained=runs/etp_ptbxl_subset/model"]
+    )
+    assert recipe.recipe == "finetune" and recipe.data.label_column == task
+    # The preprocessor is the checkpoint's own: it follows model.pretrained.
+    assert recipe.preprocessor["pretrained"] == recipe.model["pretrained"] == "runs/etp_ptbxl_subset/model"
     assert recipe.data.problem_type == "multi_label_classification"
     json.dumps(recipe.training)  # plain values only
 

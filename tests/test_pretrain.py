@@ -41,10 +41,10 @@ SMALL_MODEL = [
     "model.config.intermediate_size=64",
     "model.config.predictor_hidden_size=16",
     "model.config.predictor_intermediate_size=32",
-    "feature_extractor.leads=[I, II]",
-    "feature_extractor.sampling_rate=50",
-    "feature_extractor.num_samples=100",
-    "feature_extractor.min_samples=100",
+    "preprocessor.leads=[I, II]",
+    "preprocessor.sampling_rate=50",
+    "preprocessor.num_samples=100",
+    "preprocessor.min_samples=100",
     "tracking.log_with=[]",
     "training.progress_bar=false",
 ]
@@ -492,6 +492,6 @@ def test_batch_keys_the_forward_does_not_take_are_an_error(tmp_path, arrow_datas
 
 
 def test_feature_extractor_that_does_not_match_the_model_is_an_error(tmp_path, arrow_dataset):
-    recipe = _recipe(tmp_path / "run", arrow_dataset, "training.max_steps=1", "feature_extractor.sampling_rate=100")
+    recipe = _recipe(tmp_path / "run", arrow_dataset, "training.max_steps=1", "preprocessor.sampling_rate=100")
     with pytest.raises(ValueError, match=r"sampling_rate is 100 but model.config.sampling_rate is 50"):
         pretrain(recipe)

@@ -97,7 +97,7 @@ def test_overrides_are_yaml_typed_and_interpolated():
         ("model.config.hiden_size=8", "model.config.hiden_size"),  # unknown parameter of a config component
         ("optimizer.lrr=0.1", "optimizer.lrr"),  # unknown keyword of torch.optim.AdamW
         # EcgFeatureExtractor.from_preset(name, **overrides) would keep it as an attribute
-        ("feature_extractor.sampling_rat=100", "feature_extractor.sampling_rat"),
+        ("preprocessor.sampling_rat=100", "preprocessor.sampling_rat"),
         ("data.batch_size=eight", "data.batch_size"),  # wrong type
         ("training.mixed_precision=fp8", "training.mixed_precision"),  # not an allowed value
         ("optimizer.params=[]", "optimizer.params"),  # set by the loop, not by the recipe
@@ -154,7 +154,7 @@ def test_instantiate_builds_nested_components_and_partials():
     )
     model = instantiate(recipe.model)
     assert type(model).__name__ == "EcgJepaForPreTraining" and model.config.hidden_size == 32
-    feature_extractor = instantiate(recipe.feature_extractor)
+    feature_extractor = instantiate(recipe.preprocessor)
     assert feature_extractor.sampling_rate == 250 and len(feature_extractor.leads) == 8
 
 

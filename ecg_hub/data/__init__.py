@@ -32,7 +32,6 @@ from .labels import (
     label_feature,
     label_names,
     multi_hot,
-    split_dataset,
 )
 from .plot import plot_ecg
 from .ptbxl import MERL_TASKS, PTBXL_LABEL_SETS, aggregate_scp_codes, prepare_ptbxl, ptbxl_class_names
@@ -46,6 +45,7 @@ from .records import (
     read_wfdb_record,
     validate_signal,
 )
+from .splits import dataset_split, split_dataset
 from .synthetic import RHYTHMS, SyntheticEcg, make_synthetic_dataset, prepare_synthetic, synthesize_ecg
 
 __all__ = [
@@ -85,6 +85,7 @@ __all__ = [
     "read_wfdb_record",
     "record_features",
     "signal_feature",
+    "dataset_split",
     "split_dataset",
     "synthesize_ecg",
     "validate_signal",

@@ -90,22 +90,6 @@ def multi_hot(dataset_or_rows: Any, column: str, num_classes: int | None = None)
     return matrix
 
 
-def split_dataset(dataset: Any, column: str = "split"):
-    """Split a dataset by its ``split`` column into a ``datasets.DatasetDict``.
-
-    Keys appear in the order train, validation, test (then any other values, sorted). Uses
-    ``Dataset.select`` on index lists, which keeps the memory-mapped Arrow table (no copy).
-    """
-    import datasets
-
-    if column not in dataset.column_names:
-        raise ValueError(f"dataset has no {column!r} column; columns are {dataset.column_names}")
-    values = np.asarray(dataset[column], dtype=object)
-    present = list(dict.fromkeys(values.tolist()))
-    order = [name for name in SPLIT_NAMES if name in present] + sorted(v for v in present if v not in SPLIT_NAMES and v is not None)
-    return datasets.DatasetDict({name: dataset.select(np.flatnonzero(values == name)) for name in order})
-
-
 def label_counts(dataset_or_rows: Any, column: str, names: Sequence[str] | None = None) -> dict[str, int]:
     """Number of records with each class positive: ``{class_name: count}`` in class order."""
     if names is None:

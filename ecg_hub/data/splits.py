@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SPLIT_NAMES",
     "dataset_split",
+    "split_dataset",
     "keep_single_label_records",
     "load_dataset_folder",
     "load_splits",
@@ -72,6 +73,21 @@ def dataset_split(dataset: Any, split: str, *, column: str = "split", keep_in_me
     if isinstance(dataset, datasets.Dataset):
         return dataset.select(_split_indices(dataset, split, column), keep_in_memory=keep_in_memory)
     return dataset.filter(lambda value: value == split, input_columns=column)
+
+
+def split_dataset(dataset: Any, column: str = "split"):
+    """Split a dataset by its ``split`` column into a ``datasets.DatasetDict``.
+
+    Keys appear in the order train, validation, test (then any other values, sorted). Uses
+    ``Dataset.select`` on index lists, which keeps the memory-mapped Arrow table (no copy).
+    """
+    import datasets
+
+    if column not in dataset.column_names:
+        raise ValueError(f"dataset has no {column!r} column; columns are {dataset.column_names}")
+    present = list(dict.fromkeys(dataset.unique(column)))
+    order = [name for name in SPLIT_NAMES if name in present] + sorted(v for v in present if v not in SPLIT_NAMES and v is not None)
+    return datasets.DatasetDict({name: dataset_split(dataset, name, column=column) for name in order})
 
 
 def load_dataset_folder(path: str | os.PathLike):

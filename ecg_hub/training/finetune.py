@@ -46,8 +46,8 @@ from ecg_hub.evaluation.metrics import (
     scores_from_logits,
 )
 from ecg_hub.inference import collect_outputs
-from ecg_hub.loading import check_problem_type, load_classification_model, load_feature_extractor
-from ecg_hub.recipe import Component, instantiate, load_recipe
+from ecg_hub.loading import check_problem_type, load_classification_model
+from ecg_hub.recipe import Component, get_component, instantiate, load_recipe
 from ecg_hub.results import ResultsDocument, aggregate_runs, dataset_section, score_run
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,6 @@ __all__ = [
     "FinetuneSettings",
     "build_training_arguments",
     "finetune",
-    "load_classification_model",  # from ecg_hub.loading; the packaged recipes name it here
-    "load_feature_extractor",  # from ecg_hub.loading; the packaged recipes name it here
     "load_finetune_recipe",
     "predict_dataset_scores",
     "run_finetune_recipe",
@@ -351,8 +349,8 @@ class FinetuneRecipe:
 
     - ``model``: usually :func:`load_classification_model` (``pretrained: DIR`` or ``config:`` +
       ``model_type:``); it receives ``class_names`` and ``problem_type`` from the data section;
-    - ``feature_extractor``: usually :func:`load_feature_extractor` (the checkpoint's saved one,
-      or a preset).
+    - ``preprocessor``: the model's input contract, usually :func:`load_feature_extractor` (the
+      checkpoint's saved one, or a preset).
 
     ``training`` holds ``TrainingArguments`` fields (transformers v5 names) over the protocol
     defaults (:data:`PROTOCOL_TRAINING_DEFAULTS`); unknown names are errors at load time.
@@ -360,12 +358,12 @@ class FinetuneRecipe:
 
     PROVIDED_KWARGS: ClassVar[dict[str, tuple[str, ...]]] = {"model": ("class_names", "problem_type")}
 
-    recipe: str = "ecg_hub.training.finetune.FinetuneRecipe"
+    recipe: str = "finetune"
     output_dir: str
     seed: int = 42
     data: FinetuneData
     model: Component
-    feature_extractor: Component
+    preprocessor: Component
     training: dict[str, Any] = field(default_factory=dict)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
 
@@ -386,8 +384,7 @@ def load_finetune_recipe(path, overrides: Sequence[str] = ()) -> FinetuneRecipe:
 def _recipe_init(model: Component) -> str | None:
     """``"pretrained"`` / ``"random"`` for a :func:`load_classification_model` component (``None``
     for any other component: not recorded)."""
-    if model.get("_component_") not in ("ecg_hub.loading.load_classification_model",
-                                        "ecg_hub.training.finetune.load_classification_model"):
+    if get_component(model.target) is not load_classification_model:
         return None
     return "pretrained" if model.get("pretrained") is not None and not model.get("random_init", False) else "random"
 
@@ -402,7 +399,7 @@ def run_finetune_recipe(recipe: FinetuneRecipe, *, results_json: str | None = No
     splits = load_splits(data.path)
     class_names = label_names(splits["train"], data.label_column)
     model = instantiate(recipe.model, class_names=class_names, problem_type=data.problem_type)
-    feature_extractor = instantiate(recipe.feature_extractor)
+    feature_extractor = instantiate(recipe.preprocessor)
     train_indices = None
     if data.fraction < 1.0:
         task_train = select_task_records(splits["train"], data.label_column, data.problem_type)

@@ -60,6 +60,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 
+from ..data.splits import dataset_split
 from ..recipe import Component, dump_recipe, flatten_recipe, instantiate
 from .checkpointing import (
     TrainingProgress,
@@ -228,9 +229,10 @@ class PretrainRecipe:
     """Schema of ``recipe: pretrain`` YAML files. Components (``_component_`` entries):
 
     - ``model``: the model to pretrain (``...ForPreTraining``), usually built from a config node;
-    - ``feature_extractor``: the model's ``EcgFeatureExtractor`` (saved with the model);
+    - ``preprocessor``: the model's input contract, saved with the model: its ``EcgFeatureExtractor``,
+      or for ECG-text models the processor (feature extractor + tokenizer);
     - ``dataset``: a ``datasets.Dataset`` / ``DatasetDict`` / ``IterableDataset`` factory;
-    - ``collator``: rows -> model inputs; gets ``feature_extractor=`` from the loop
+    - ``collator``: rows -> model inputs; gets the preprocessor as ``feature_extractor=`` from the loop
       (default ``EcgCollator(training=True)``);
     - ``optimizer``: gets ``params=`` (the two weight-decay groups) from the loop;
     - ``lr_scheduler``: gets ``optimizer=`` and ``num_training_steps=`` from the loop.
@@ -247,7 +249,7 @@ class PretrainRecipe:
     output_dir: str
     seed: int = 0
     model: Component
-    feature_extractor: Component
+    preprocessor: Component
     dataset: Component
     collator: Component = field(default_factory=_default_collator)
     optimizer: Component
@@ -317,31 +319,16 @@ def _load_dataset(recipe: PretrainRecipe):
     """The recipe's dataset, restricted to ``data.split`` and ``data.columns``, with signals read as
     NumPy arrays; an ``IterableDataset`` when ``data.streaming`` is set."""
     import datasets
-    import numpy as np
-    import pyarrow.compute as pc
 
     dataset = instantiate(recipe.dataset)
     split = recipe.data.split
-    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        if split is None or split not in dataset:
-            raise ValueError(
-                f"dataset: a DatasetDict with splits {list(dataset)}; set data.split to one of them"
-            )
-        dataset = dataset[split]
-    elif split is not None:
-        names = getattr(dataset, "column_names", None) or []
-        if "split" not in names:
-            raise ValueError(
-                f"dataset: data.split is {split!r} but the dataset has no 'split' column; set data.split: null"
-            )
-        if isinstance(dataset, datasets.Dataset):
-            # Row indices from the Arrow column, kept in memory (a few MB for 800 k records): unlike
-            # Dataset.filter this writes no cache file into the (possibly shared, read-only) dataset folder.
-            column = dataset.select_columns(["split"]).with_format("arrow")[:]["split"]
-            indices = np.flatnonzero(pc.equal(column, split).fill_null(False).to_numpy(zero_copy_only=False))
-            dataset = dataset.select(indices, keep_in_memory=True)
-        else:
-            dataset = dataset.filter(lambda value: value == split, input_columns="split")
+    if split is not None:
+        try:
+            dataset = dataset_split(dataset, split, keep_in_memory=True)
+        except ValueError as error:
+            raise ValueError(f"{error}; set data.split to one of its splits, or data.split: null for every row") from None
+    elif isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        raise ValueError(f"dataset: a DatasetDict with splits {list(dataset)}; set data.split to one of them")
     if recipe.data.columns is not None:
         dataset = dataset.select_columns(list(recipe.data.columns))
     if isinstance(dataset, datasets.Dataset):
@@ -707,7 +694,7 @@ def _set_up(recipe: PretrainRecipe) -> _Run:
     # Same seed on every process, so every process builds the same initial weights.
     set_seed(recipe.seed)
     model = instantiate(recipe.model)
-    feature_extractor = instantiate(recipe.feature_extractor)
+    feature_extractor = instantiate(recipe.preprocessor)
     _check_inputs_match(model, feature_extractor)
     collator = instantiate(recipe.collator, feature_extractor=feature_extractor)
     if training.gradient_checkpointing:
@@ -956,7 +943,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         },
     )
     if accelerator.is_main_process:
-        write_json_atomic(run.output_dir / "summary.json", summary)
+        write_json_atomic(run.output_dir / "summary.json", summary, sort_keys=True)
         from rich.console import Console
 
         Console().print(render_summary(summary))
