@@ -52,6 +52,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .utils import explicit_parameters
+
 __all__ = [
     "COMPONENT_KEY",
     "RECIPE_SCHEMAS",
@@ -325,15 +327,6 @@ def _signature(target: Any) -> inspect.Signature | None:
         return None
 
 
-def _explicit_parameters(function: Any) -> set[str]:
-    signature = _signature(function)
-    if signature is None:
-        return set()
-    return {
-        name
-        for name, p in signature.parameters.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
 
 
 def _swallowing_kwargs_owner(target: Any) -> type | None:
@@ -358,7 +351,7 @@ def _accepted_keywords(target: Any) -> set[str] | None:
     signature = _signature(target)
     if signature is None:
         return None
-    names = _explicit_parameters(target)
+    names = explicit_parameters(target)
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
         return names
     owner = _swallowing_kwargs_owner(target)
@@ -366,7 +359,7 @@ def _accepted_keywords(target: Any) -> set[str] | None:
         return None
     for klass in owner.__mro__:
         if "__init__" in vars(klass):
-            names |= _explicit_parameters(vars(klass)["__init__"]) - {"self"}
+            names |= explicit_parameters(vars(klass)["__init__"]) - {"self"}
     return names
 
 
@@ -392,7 +385,7 @@ def validate_component(node: Mapping, key: str, source: str, provided: Iterable[
     if signature is not None:
         params = signature.parameters
         accepted = _accepted_keywords(target)
-        named = accepted if accepted is not None else _explicit_parameters(target)
+        named = accepted if accepted is not None else explicit_parameters(target)
         for arg in node:
             if arg in _RESERVED_KEYS:
                 continue

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["accepted_kwargs", "accepts_var_kwargs", "write_json_atomic"]
+__all__ = ["accepted_kwargs", "accepts_var_kwargs", "explicit_parameters", "write_json_atomic"]
 
 
 def write_json_atomic(path: str | os.PathLike, document: Any, *, indent: int = 2, sort_keys: bool = False) -> None:
@@ -41,6 +41,17 @@ def write_json_atomic(path: str | os.PathLike, document: Any, *, indent: int = 2
 
 def _parameters(function: Callable) -> Mapping[str, inspect.Parameter]:
     return inspect.signature(function).parameters
+
+
+def explicit_parameters(function: Callable) -> set[str]:
+    """The parameter names ``function`` declares that a keyword can fill (``*args`` / ``**kwargs``
+    catch-alls excluded); empty for a callable without a signature (some builtins)."""
+    try:
+        parameters = _parameters(function)
+    except (TypeError, ValueError):
+        return set()
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name for name, p in parameters.items() if p.kind in keyword}
 
 
 def accepts_var_kwargs(function: Callable) -> bool:

@@ -47,8 +47,8 @@ mixing runs; a non-finite loss stops the run with its step.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import inspect
 import json
 import math
 import os
@@ -62,6 +62,7 @@ import torch
 
 from ..data.splits import dataset_split
 from ..recipe import Component, dump_recipe, flatten_recipe, instantiate
+from ..utils import explicit_parameters
 from .checkpointing import (
     TrainingProgress,
     find_latest_checkpoint,
@@ -386,16 +387,10 @@ def _check_inputs_match(model: torch.nn.Module, preprocessor: Any) -> None:
         )
 
 
-def _forward_parameters(model: torch.nn.Module) -> set[str]:
-    """The names ``model.forward`` declares (``*args`` / ``**kwargs`` catch-alls excluded)."""
-    params = inspect.signature(model.forward).parameters
-    return {name for name, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-
-
 def _check_batch_keys(model: torch.nn.Module, batch: dict[str, Any], collator: Any) -> None:
     """Every key the collator produces must be an argument ``model.forward`` names: a key it does not
     name would either be dropped (training without it) or vanish into ``**kwargs``."""
-    accepted = _forward_parameters(model)
+    accepted = explicit_parameters(model.forward)
     unknown = sorted(set(batch) - accepted)
     if unknown:
         raise ValueError(
@@ -515,23 +510,15 @@ class ThroughputMeter:
         """Whether the next micro-batch has its FLOPs counted."""
         return len(self.flop_samples) < self.flop_count_micro_batches
 
+    @contextlib.contextmanager
     def flop_counter(self, local_examples: int):
         """Context manager around one micro-batch's forward + backward (a no-op once counting is done)."""
-        meter = self
-
-        class _Count:
-            def __enter__(self):
-                self.counter = FlopCounter() if meter.counting else None
-                if self.counter is not None:
-                    self.counter.__enter__()
-
-            def __exit__(self, *exc):
-                if self.counter is not None:
-                    self.counter.__exit__(*exc)
-                    meter.flop_samples.append((self.counter.total, local_examples))
-                return False
-
-        return _Count()
+        if not self.counting:
+            yield
+            return
+        with FlopCounter() as counter:
+            yield
+        self.flop_samples.append((counter.total, local_examples))
 
     def micro_batch(self, model: torch.nn.Module, batch: dict[str, Any], local_examples: int) -> None:
         if self.tokens_per_example is None:
