@@ -4,12 +4,20 @@ This package imports torch, transformers, numpy and scipy only (never the rest o
 each family's files can also be published as Hub remote code.
 """
 
+from .configuration_ecg2tok import Ecg2TokConfig, Ecg2TokTokenizerConfig
 from .configuration_ecg_jepa import EcgJepaConfig
 from .configuration_ecg_resnet import EcgResNetConfig
 from .configuration_etp import EtpConfig
 from .feature_extraction_ecg import EcgFeatureExtractor
 from .heads import PROBLEM_TYPES
 from .leads import STANDARD_LEADS, canonical_lead_name, canonicalize_leads, derive_limb_leads
+from .modeling_ecg2tok import (
+    Ecg2TokForMaskedSignalModeling,
+    Ecg2TokForSequenceClassification,
+    Ecg2TokModel,
+    Ecg2TokPreTrainedModel,
+    Ecg2TokTokenizerModel,
+)
 from .modeling_ecg_jepa import (
     EcgJepaForPreTraining,
     EcgJepaForSequenceClassification,
@@ -34,6 +42,13 @@ __all__ = [
     "PROBLEM_TYPES",
     "STANDARD_LEADS",
     "CheckpointEntry",
+    "Ecg2TokConfig",
+    "Ecg2TokForMaskedSignalModeling",
+    "Ecg2TokForSequenceClassification",
+    "Ecg2TokModel",
+    "Ecg2TokPreTrainedModel",
+    "Ecg2TokTokenizerConfig",
+    "Ecg2TokTokenizerModel",
     "EcgFeatureExtractor",
     "EcgJepaConfig",
     "EcgJepaForPreTraining",

@@ -101,6 +101,42 @@ def build_attention_mask(config, embeddings: torch.Tensor, mask_function: Callab
     )
 
 
+def cross_pattern_mask_function(
+    lead_ids: torch.Tensor,
+    time_ids: torch.Tensor,
+    token_valid: torch.Tensor | None,
+    cross_pattern: bool = True,
+) -> Callable:
+    """A ``mask_function(batch_idx, head_idx, q_idx, kv_idx) -> bool`` for ``create_bidirectional_mask``.
+
+    Args:
+        lead_ids: ``(tokens,)`` lead index of each token; a negative index marks a global token
+            (ECG2TOK's [CLS]) that attends to and is seen by every token under CroPA.
+        time_ids: ``(tokens,)`` time-patch index of each token.
+        token_valid: ``(batch, tokens)`` bool, False for tokens of missing leads or padded time; None if
+            all are valid.
+        cross_pattern: CroPA (same lead or same time slot); False gives full attention.
+
+    A query sees a key if the pattern allows it and the key is valid. An invalid query also sees
+    itself, so that no row is empty: eager and SDPA then agree everywhere (an empty row is NaN or
+    uniform depending on the kernel), and valid tokens never see invalid ones.
+    """
+
+    has_global_tokens = cross_pattern and bool((lead_ids < 0).any())
+
+    def mask_function(batch_idx, head_idx, q_idx, kv_idx):
+        allowed = q_idx >= 0  # an all-True boolean of the right shape
+        if cross_pattern:
+            allowed = (lead_ids[q_idx] == lead_ids[kv_idx]) | (time_ids[q_idx] == time_ids[kv_idx])
+            if has_global_tokens:
+                allowed = allowed | (lead_ids[q_idx] < 0) | (lead_ids[kv_idx] < 0)
+        if token_valid is not None:
+            allowed = allowed & (token_valid[batch_idx, kv_idx] | (q_idx == kv_idx))
+        return allowed
+
+    return mask_function
+
+
 def token_validity(
     batch_size: int,
     num_leads: int,
@@ -301,6 +337,11 @@ class EcgVitLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = EcgVitMLP(config, hidden_size, intermediate_size)
         self.drop_path = EcgDropPath(drop_path_rate)
+        # LayerScale (CaiT / BEiT): learned per-channel gains on both residual branches, only when the
+        # config asks for it (``layer_scale_init_value > 0``), so blocks without it keep their keys.
+        layer_scale = float(getattr(config, "layer_scale_init_value", 0.0) or 0.0)
+        self.layer_scale_attention = nn.Parameter(torch.full((hidden_size,), layer_scale)) if layer_scale > 0 else None
+        self.layer_scale_mlp = nn.Parameter(torch.full((hidden_size,), layer_scale)) if layer_scale > 0 else None
 
     def forward(
         self,
@@ -312,9 +353,14 @@ class EcgVitLayer(GradientCheckpointingLayer):
         if position_embeddings is not None:
             hidden_states = hidden_states + position_embeddings
         attn_output, _ = self.attention(self.layernorm_before(hidden_states), attention_mask, **kwargs)
-        hidden_states = hidden_states + self.drop_path(self.attention_dropout(attn_output))
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
-        return hidden_states
+        attn_output = self.attention_dropout(attn_output)
+        if self.layer_scale_attention is not None:
+            attn_output = attn_output * self.layer_scale_attention
+        hidden_states = hidden_states + self.drop_path(attn_output)
+        mlp_output = self.mlp(self.layernorm_after(hidden_states))
+        if self.layer_scale_mlp is not None:
+            mlp_output = mlp_output * self.layer_scale_mlp
+        return hidden_states + self.drop_path(mlp_output)
 
 
 def build_vit_layers(
@@ -335,6 +381,7 @@ __all__ = [
     "EcgVitMLP",
     "build_attention_mask",
     "build_vit_layers",
+    "cross_pattern_mask_function",
     "drop_path",
     "drop_path_rates",
     "eager_attention_forward",

@@ -83,6 +83,36 @@ def sample_time_masks(batch_size: int, num_patches: int, mask_type: str, **kwarg
     return torch.stack([sample_time_mask(num_patches, mask_type, **kwargs) for _ in range(batch_size)])
 
 
+def sample_time_span_mask(
+    num_patches: int,
+    ratio: float,
+    block_range: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> torch.BoolTensor:
+    """``(num_patches,)`` bool: blocks of ``U{block_range}`` consecutive slots at uniform starts are
+    added until at least ``round(ratio * num_patches)`` slots are hidden (BEiT's block-wise masking
+    on the time axis; ECG2TOK's student and stage-B masks). ``ratio = 0`` hides nothing; otherwise
+    at least one slot is hidden and at least one visible (the last block is cut to keep it so)."""
+    _check_num_patches(num_patches)
+    mask = torch.zeros(num_patches, dtype=torch.bool)
+    target = round(ratio * num_patches)
+    if target <= 0:
+        return mask
+    target = _clamp_count(target, num_patches)
+    low, high = block_range
+    while int(mask.sum()) < target:
+        length = min(int(torch.randint(low, high + 1, (1,), generator=generator)), num_patches)
+        start = int(torch.randint(0, num_patches - length + 1, (1,), generator=generator))
+        block = torch.zeros_like(mask)
+        block[start : start + length] = True
+        new = block & ~mask
+        overshoot = int(mask.sum()) + int(new.sum()) - (num_patches - 1)
+        if overshoot > 0:  # keep one slot visible
+            new[new.nonzero(as_tuple=True)[0][-overshoot:]] = False
+        mask |= new
+    return mask
+
+
 def sample_lead_drop_mask(
     batch_size: int,
     num_leads: int,
@@ -118,5 +148,6 @@ __all__ = [
     "sample_time_mask",
     "sample_time_masks",
     "sample_time_random_mask",
+    "sample_time_span_mask",
     "time_mask_to_tokens",
 ]

@@ -20,7 +20,6 @@ This file imports torch, transformers and its sibling modules only, so it can tr
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +43,7 @@ from .layers import (
     EcgVitLayer,
     build_attention_mask,
     build_vit_layers,
+    cross_pattern_mask_function,
     masked_mean,
     sincos_position_table,
     token_validity,
@@ -54,37 +54,6 @@ from .masking import sample_time_mask
 # Positions and the CroPA mask: pure functions of the token grid, built per call (the table is cached
 # per shape) so that any lead subset and any length up to the configured one work.
 # ----------------------------------------------------------------------------------------------
-
-
-def cross_pattern_mask_function(
-    lead_ids: torch.Tensor,
-    time_ids: torch.Tensor,
-    token_valid: torch.Tensor | None,
-    cross_pattern: bool = True,
-) -> Callable:
-    """A ``mask_function(batch_idx, head_idx, q_idx, kv_idx) -> bool`` for ``create_bidirectional_mask``.
-
-    Args:
-        lead_ids: ``(tokens,)`` lead index of each token.
-        time_ids: ``(tokens,)`` time-patch index of each token.
-        token_valid: ``(batch, tokens)`` bool, False for tokens of missing leads or padded time; None if
-            all are valid.
-        cross_pattern: CroPA (same lead or same time slot); False gives full attention.
-
-    A query sees a key if the pattern allows it and the key is valid. An invalid query also sees
-    itself, so that no row is empty: eager and SDPA then agree everywhere (an empty row is NaN or
-    uniform depending on the kernel), and valid tokens never see invalid ones.
-    """
-
-    def mask_function(batch_idx, head_idx, q_idx, kv_idx):
-        allowed = q_idx >= 0  # an all-True boolean of the right shape
-        if cross_pattern:
-            allowed = (lead_ids[q_idx] == lead_ids[kv_idx]) | (time_ids[q_idx] == time_ids[kv_idx])
-        if token_valid is not None:
-            allowed = allowed & (token_valid[batch_idx, kv_idx] | (q_idx == kv_idx))
-        return allowed
-
-    return mask_function
 
 
 # ----------------------------------------------------------------------------------------------

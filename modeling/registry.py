@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The configuration modules that declare a ``FAMILY``, in catalogue order.
-FAMILY_MODULES: tuple[str, ...] = ("configuration_ecg_jepa", "configuration_etp")
+FAMILY_MODULES: tuple[str, ...] = ("configuration_ecg_jepa", "configuration_etp", "configuration_ecg2tok")
 
 #: Auto classes a family may map model classes to (``ModelType.models`` keys).
 AUTO_MODEL_CLASSES: tuple[str, ...] = (

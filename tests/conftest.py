@@ -61,3 +61,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_ecg2tok_tokenizer(tmp_path_factory) -> Path:
+    """The folder of a stage-A ECG2TOK tokenizer trained once per session by the real
+    ``recipes/ecg2tok/tokenizer_tiny.yaml`` through ``pretrain()`` (synthetic ECGs, ~20 s on 2 cores):
+    ``<dir>/model`` (save_pretrained + preprocessor_config.json) and ``<dir>/summary.json``."""
+    import torch
+    from ecg_hub.recipe import load_recipe
+    from ecg_hub.training.pretrain import PretrainRecipe, pretrain
+
+    output_dir = tmp_path_factory.mktemp("ecg2tok_tokenizer_tiny")
+    recipe = load_recipe(
+        "ecg2tok/tokenizer_tiny",
+        [f"output_dir={output_dir}", "training.progress_bar=false", "tracking.log_with=[]"],
+        schema=PretrainRecipe,
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pretrain(recipe)
+    finally:
+        torch.set_num_threads(before)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return output_dir
