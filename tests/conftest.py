@@ -75,7 +75,7 @@ def tiny_ecg2tok_tokenizer(tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("ecg2tok_tokenizer_tiny")
     recipe = load_recipe(
         "ecg2tok/tokenizer_tiny",
-        [f"output_dir={output_dir}", "training.progress_bar=false", "tracking.log_with=[]"],
+        [f"output_dir={output_dir}", "training.progress_bar=false"],
         schema=PretrainRecipe,
     )
     before = torch.get_num_threads()

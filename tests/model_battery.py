@@ -13,6 +13,12 @@ from typing import Any
 
 import torch
 from ecg_hub.modeling import (
+    Ecg2TokConfig,
+    Ecg2TokForMaskedSignalModeling,
+    Ecg2TokForSequenceClassification,
+    Ecg2TokModel,
+    Ecg2TokTokenizerConfig,
+    Ecg2TokTokenizerModel,
     EcgFeatureExtractor,
     EcgJepaConfig,
     EcgJepaForPreTraining,
@@ -65,6 +71,37 @@ def tiny_etp_config(**overrides) -> EtpConfig:
     )
     values.update(overrides)
     return EtpConfig(**values)
+
+
+def tiny_ecg2tok_tokenizer_config(**overrides) -> Ecg2TokTokenizerConfig:
+    """Width 32, depth 2, head 64 -> 16, K = 16 codes, 8 leads x 10 patches (2 s at 250 Hz)."""
+    values = dict(
+        num_samples=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        head_hidden_size=64, head_bottleneck_size=16, codebook_size=16,
+    )
+    values.update(overrides)
+    return Ecg2TokTokenizerConfig(**values)
+
+
+def tiny_ecg2tok_config(**overrides) -> Ecg2TokConfig:
+    """Width 32, depth 2, K = 16, LayerScale on, 8 leads x 10 patches."""
+    values = dict(
+        num_samples=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        codebook_size=16, num_labels=3,
+    )
+    values.update(overrides)
+    return Ecg2TokConfig(**values)
+
+
+def _ecg2tok_masks() -> torch.Tensor:
+    """(batch, 8 leads x 10 patches): time slots 3-5 masked in every lead, record 2 unmasked."""
+    time_mask = torch.zeros(BATCH, 10, dtype=torch.bool)
+    time_mask[:2, 3:6] = True
+    return time_mask.repeat(1, 8)
+
+
+def _ecg2tok_labels() -> torch.Tensor:
+    return torch.randint(0, 16, (BATCH, 80), generator=torch.Generator().manual_seed(2))
 
 
 def _ecg_inputs(num_leads: int, num_samples: int, scale: float) -> dict[str, torch.Tensor]:
@@ -129,6 +166,7 @@ def _multi_hot() -> torch.Tensor:
 
 
 JEPA_PRESET = {"name": "ecg_jepa", "num_samples": 500}
+ECG2TOK_PRESET = {"name": "ecg2tok", "num_samples": 500}
 RESNET_PRESET = {"name": "etp", "sampling_rate": 100, "num_samples": 400}
 
 MODEL_SPECS: list[ModelSpec] = [
@@ -144,6 +182,25 @@ MODEL_SPECS: list[ModelSpec] = [
     ModelSpec(
         "ecg_jepa_classifier", EcgJepaForSequenceClassification, tiny_ecg_jepa_config,
         "AutoModelForSequenceClassification", lambda: _ecg_inputs(8, 500, 0.2), "logits", JEPA_PRESET,
+        has_attention=True, labels=_multi_hot,
+    ),
+    ModelSpec(
+        "ecg2tok_tokenizer", Ecg2TokTokenizerModel, tiny_ecg2tok_tokenizer_config, "AutoModelForPreTraining",
+        lambda: _ecg_inputs(8, 500, 0.2), "loss", ECG2TOK_PRESET, has_attention=True,
+        extra={"bool_masked_pos": _ecg2tok_masks()},
+    ),
+    ModelSpec(
+        "ecg2tok_model", Ecg2TokModel, tiny_ecg2tok_config, "AutoModel",
+        lambda: _ecg_inputs(8, 500, 0.2), "pooler_output", ECG2TOK_PRESET, has_attention=True,
+    ),
+    ModelSpec(
+        "ecg2tok_masked_signal_modeling", Ecg2TokForMaskedSignalModeling, tiny_ecg2tok_config,
+        "AutoModelForPreTraining", lambda: _ecg_inputs(8, 500, 0.2), "loss", ECG2TOK_PRESET, has_attention=True,
+        extra={"bool_masked_pos": _ecg2tok_masks(), "labels": _ecg2tok_labels()},
+    ),
+    ModelSpec(
+        "ecg2tok_classifier", Ecg2TokForSequenceClassification, tiny_ecg2tok_config,
+        "AutoModelForSequenceClassification", lambda: _ecg_inputs(8, 500, 0.2), "logits", ECG2TOK_PRESET,
         has_attention=True, labels=_multi_hot,
     ),
     ModelSpec(
@@ -172,4 +229,4 @@ def feature_extractor_for(spec: ModelSpec) -> EcgFeatureExtractor:
     return EcgFeatureExtractor.from_preset(preset.pop("name"), **preset)
 
 
-__all__ = ["MODEL_SPECS", "ModelSpec", "feature_extractor_for", "tiny_ecg_jepa_config", "tiny_ecg_resnet_config", "tiny_etp_config"]
+__all__ = ["MODEL_SPECS", "ModelSpec", "feature_extractor_for", "tiny_ecg2tok_config", "tiny_ecg2tok_tokenizer_config", "tiny_ecg_jepa_config", "tiny_ecg_resnet_config", "tiny_etp_config"]

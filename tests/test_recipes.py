@@ -66,6 +66,24 @@ def test_pretrain_recipes_keep_the_papers_hyper_parameters():
     assert small["hidden_size"] <= 192 and small["num_hidden_layers"] <= 4
 
 
+def test_ecg2tok_recipes_keep_the_designs_values():
+    """reference/ECG2TOK.md sections 5-6 (ecg-hub's design; the paper's values are unpublished)."""
+    tokenizer = load_recipe("ecg2tok/tokenizer_base")
+    config = tokenizer.model["config"]
+    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (384, 12, 6)
+    assert (config["head_hidden_size"], config["head_bottleneck_size"], config["codebook_size"]) == (2048, 256, 512)
+    assert (config["teacher_temperature_start"], config["teacher_temperature_end"]) == (0.04, 0.07)
+    assert config["student_temperature"] == 0.1 and config["clustering"] == "sinkhorn"
+    assert tokenizer.training.mixed_precision == "bf16" and tokenizer.training.max_grad_norm == 3.0
+    stage_b = load_recipe("ecg2tok/pretrain_base")
+    config = stage_b.model["config"]
+    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (768, 12, 12)
+    assert config["codebook_size"] == 512 and config["mask_ratio"] == 0.5 and config["mask_block_range"] == [5, 10]
+    assert stage_b.optimizer["betas"] == [0.9, 0.98] and stage_b.optimizer["lr"] == 1.5e-4
+    for name in ("tokenizer_ptbxl_subset", "pretrain_ptbxl_subset"):
+        assert load_recipe(f"ecg2tok/{name}").data.split == "train"  # folds 1-8 only
+
+
 def test_overrides_are_yaml_typed_and_interpolated():
     recipe = load_recipe(
         TINY,
