@@ -16,6 +16,7 @@ Imports torch only (Hub remote-code bundle).
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 #: ``config.problem_type`` values the heads (and ecg-hub's fine-tuning and evaluation) support.
 PROBLEM_TYPES = ("multi_label_classification", "single_label_classification", "regression")
@@ -61,6 +62,23 @@ class SequenceClassificationHeadMixin:
         logits = self.classifier(self.dropout(pooled))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return logits, loss
+
+    def classify_ecg(
+        self,
+        input_values: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        lead_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        """The whole forward of an ECG classifier whose encoder takes ``(input_values,
+        attention_mask, lead_mask)`` and returns ``pooler_output``: encode, `classify`, and a
+        ``SequenceClassifierOutput`` with the encoder's hidden states and attentions."""
+        outputs = self.classification_encoder(input_values, attention_mask=attention_mask, lead_mask=lead_mask, **kwargs)
+        logits, loss = self.classify(outputs.pooler_output, labels)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 __all__ = ["PROBLEM_TYPES", "SequenceClassificationHeadMixin"]

@@ -137,6 +137,38 @@ def cross_pattern_mask_function(
     return mask_function
 
 
+def check_patch_inputs(name: str, config, input_values, attention_mask, lead_mask, bool_masked_pos=None) -> None:
+    """The input contract of the per-lead patch models (ECG-JEPA, ECG2TOK): ``input_values``
+    ``(batch, leads, samples)`` with the config's leads and a multiple of ``patch_size`` samples up to
+    ``num_samples``, masks of matching shapes; ``bool_masked_pos``, when given, ``(batch, leads *
+    patches)``. A ValueError names the model, the argument and the expectation."""
+    if input_values is None:
+        raise ValueError(f"{name}: input_values (batch, leads, samples) is required")
+    if input_values.ndim != 3 or input_values.shape[1] != config.num_leads:
+        raise ValueError(
+            f"{name}: input_values must be (batch, leads, samples) with leads = {config.num_leads} "
+            f"({', '.join(config.lead_names)}), got shape {tuple(input_values.shape)}; the feature "
+            "extractor puts records in this lead order and zero-fills missing leads (lead_mask = 0)"
+        )
+    batch_size, _, num_samples = input_values.shape
+    if num_samples % config.patch_size or not 0 < num_samples <= config.num_samples:
+        raise ValueError(
+            f"{name}: input_values has {num_samples} samples; expected a positive multiple of "
+            f"patch_size={config.patch_size} up to num_samples={config.num_samples} "
+            f"({config.num_samples / config.sampling_rate:g} s at {config.sampling_rate} Hz)"
+        )
+    if lead_mask is not None and tuple(lead_mask.shape) != (batch_size, config.num_leads):
+        raise ValueError(f"{name}: lead_mask must be (batch, leads) = ({batch_size}, {config.num_leads}), got {tuple(lead_mask.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, num_samples):
+        raise ValueError(f"{name}: attention_mask must be (batch, samples) = ({batch_size}, {num_samples}), got {tuple(attention_mask.shape)}")
+    num_tokens = config.num_leads * (num_samples // config.patch_size)
+    if bool_masked_pos is not None and tuple(bool_masked_pos.shape) != (batch_size, num_tokens):
+        raise ValueError(
+            f"{name}: bool_masked_pos must be (batch, leads * patches) = ({batch_size}, {num_tokens}), "
+            f"got {tuple(bool_masked_pos.shape)}"
+        )
+
+
 def token_validity(
     batch_size: int,
     num_leads: int,
@@ -381,6 +413,7 @@ __all__ = [
     "EcgVitMLP",
     "build_attention_mask",
     "build_vit_layers",
+    "check_patch_inputs",
     "cross_pattern_mask_function",
     "drop_path",
     "drop_path_rates",

@@ -20,6 +20,7 @@ as in ECG-JEPA); the encoder's sequence is ``[CLS]`` followed by those tokens. P
 Imports torch, transformers and its sibling modules only (Hub remote-code bundle).
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from .layers import (
     EcgVitLayer,
     build_attention_mask,
     build_vit_layers,
+    check_patch_inputs,
     cross_pattern_mask_function,
     masked_mean,
     sincos_time_table,
@@ -55,34 +57,6 @@ from .masking import sample_time_span_mask, time_mask_to_tokens
 #: Token id of a patch with no label: a missing lead or padded time (``encode``), or a patch outside
 #: the mask (stage-B ``labels``); the ``ignore_index`` of ``torch.nn.functional.cross_entropy``.
 IGNORE_INDEX = -100
-
-
-def check_ecg_inputs(name: str, config, input_values, attention_mask, lead_mask, bool_masked_pos=None) -> None:
-    """Shapes ECG2TOK models accept; a ValueError names the argument and the expectation."""
-    if input_values is None:
-        raise ValueError(f"{name}: input_values (batch, leads, samples) is required")
-    if input_values.ndim != 3 or input_values.shape[1] != config.num_leads:
-        raise ValueError(
-            f"{name}: input_values must be (batch, leads, samples) with leads = {config.num_leads} "
-            f"({', '.join(config.lead_names)}), got shape {tuple(input_values.shape)}"
-        )
-    batch_size, _, num_samples = input_values.shape
-    if num_samples % config.patch_size or not 0 < num_samples <= config.num_samples:
-        raise ValueError(
-            f"{name}: input_values has {num_samples} samples; expected a positive multiple of "
-            f"patch_size={config.patch_size} up to num_samples={config.num_samples} "
-            f"({config.num_samples / config.sampling_rate:g} s at {config.sampling_rate} Hz)"
-        )
-    if lead_mask is not None and tuple(lead_mask.shape) != (batch_size, config.num_leads):
-        raise ValueError(f"{name}: lead_mask must be (batch, leads) = ({batch_size}, {config.num_leads}), got {tuple(lead_mask.shape)}")
-    if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, num_samples):
-        raise ValueError(f"{name}: attention_mask must be (batch, samples) = ({batch_size}, {num_samples}), got {tuple(attention_mask.shape)}")
-    num_tokens = config.num_leads * (num_samples // config.patch_size)
-    if bool_masked_pos is not None and tuple(bool_masked_pos.shape) != (batch_size, num_tokens):
-        raise ValueError(
-            f"{name}: bool_masked_pos must be (batch, leads * patches) = ({batch_size}, {num_tokens}), "
-            f"got {tuple(bool_masked_pos.shape)}"
-        )
 
 
 def sample_masked_positions(
@@ -247,7 +221,7 @@ class Ecg2TokProjectionHead(nn.Module):
         super().__init__()
         widths = [config.hidden_size] + [config.head_hidden_size] * (config.head_num_layers - 1) + [config.head_bottleneck_size]
         layers: list[nn.Module] = []
-        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
             layers.append(nn.Linear(width_in, width_out))
             if index < len(widths) - 2:
                 layers.append(nn.GELU())
@@ -391,7 +365,7 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
         alone, not on the batch). Patches of missing leads (``lead_mask == 0``) or with no real
         sample (``attention_mask``) get ``-100`` (`IGNORE_INDEX`); they are hidden from attention,
         so they do not change the other leads' ids. Runs the teacher in eval mode (no stochastic depth)."""
-        check_ecg_inputs(type(self).__name__ + ".encode", self.config, input_values, attention_mask, lead_mask)
+        check_patch_inputs(type(self).__name__ + ".encode", self.config, input_values, attention_mask, lead_mask)
         batch_size, num_leads, num_samples = input_values.shape
         was_training = self.teacher.training
         self.teacher.eval()
@@ -470,7 +444,7 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
         """
         config = self.config
         name = type(self).__name__
-        check_ecg_inputs(name, config, input_values, attention_mask, lead_mask)
+        check_patch_inputs(name, config, input_values, attention_mask, lead_mask)
         batch_size, num_leads, num_samples = input_values.shape
         num_patches = num_samples // config.patch_size
         device = input_values.device
@@ -498,7 +472,7 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
         else:
             masks = list(bool_masked_pos) if bool_masked_pos.ndim == 3 else [bool_masked_pos, bool_masked_pos]
             for mask in masks:
-                check_ecg_inputs(name, config, input_values, attention_mask, lead_mask, mask)
+                check_patch_inputs(name, config, input_values, attention_mask, lead_mask, mask)
             masks = [mask.to(device=device, dtype=torch.bool) for mask in masks]
 
         teacher_scores, targets, student_scores = [], [], []
@@ -632,7 +606,7 @@ class Ecg2TokModel(Ecg2TokPreTrainedModel):
             ``BaseModelOutputWithPooling``: ``last_hidden_state`` ``(batch, 1 + leads * patches,
             hidden_size)`` ([CLS] first), ``pooler_output`` ``(batch, hidden_size)``.
         """
-        check_ecg_inputs(type(self).__name__, self.config, input_values, attention_mask, lead_mask, bool_masked_pos)
+        check_patch_inputs(type(self).__name__, self.config, input_values, attention_mask, lead_mask, bool_masked_pos)
         hidden, patch_valid = self.encoder(
             input_values, attention_mask=attention_mask, lead_mask=lead_mask, bool_masked_pos=bool_masked_pos, **kwargs
         )
@@ -723,7 +697,7 @@ class Ecg2TokForMaskedSignalModeling(Ecg2TokPreTrainedModel):
             masked positions (computed here: transformers' ``loss_function`` table has no entry for
             this head).
         """
-        check_ecg_inputs(type(self).__name__, self.config, input_values, attention_mask, lead_mask, labels)
+        check_patch_inputs(type(self).__name__, self.config, input_values, attention_mask, lead_mask, labels)
         batch_size, _, num_samples = input_values.shape
         num_patches = num_samples // self.config.patch_size
         device = input_values.device
@@ -768,9 +742,7 @@ class Ecg2TokForSequenceClassification(SequenceClassificationHeadMixin, Ecg2TokP
         labels: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
-        outputs = self.ecg2tok(input_values, attention_mask=attention_mask, lead_mask=lead_mask, **kwargs)
-        logits, loss = self.classify(outputs.pooler_output, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return self.classify_ecg(input_values, attention_mask, lead_mask, labels, **kwargs)
 
 
 __all__ = [

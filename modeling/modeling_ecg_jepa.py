@@ -43,6 +43,7 @@ from .layers import (
     EcgVitLayer,
     build_attention_mask,
     build_vit_layers,
+    check_patch_inputs,
     cross_pattern_mask_function,
     masked_mean,
     sincos_position_table,
@@ -201,32 +202,8 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
 
     def _check_inputs(self, input_values, attention_mask, lead_mask, masked_time_patches) -> None:
         config = self.config
-        if input_values is None:
-            raise ValueError("EcgJepaModel: input_values (batch, leads, samples) is required")
-        if input_values.ndim != 3 or input_values.shape[1] != config.num_leads:
-            raise ValueError(
-                f"EcgJepaModel: input_values must be (batch, leads, samples) with leads = {config.num_leads} "
-                f"({', '.join(config.lead_names)}), got shape {tuple(input_values.shape)}; the feature "
-                "extractor puts records in this lead order and zero-fills missing leads (lead_mask = 0)"
-            )
+        check_patch_inputs(type(self).__name__, config, input_values, attention_mask, lead_mask)
         num_samples = input_values.shape[2]
-        if num_samples % config.patch_size or not 0 < num_samples <= config.num_samples:
-            raise ValueError(
-                f"EcgJepaModel: input_values has {num_samples} samples; expected a positive multiple of "
-                f"patch_size={config.patch_size} up to num_samples={config.num_samples} "
-                f"({config.num_samples / config.sampling_rate:g} s at {config.sampling_rate} Hz)"
-            )
-        batch_size = input_values.shape[0]
-        if lead_mask is not None and tuple(lead_mask.shape) != (batch_size, config.num_leads):
-            raise ValueError(
-                f"EcgJepaModel: lead_mask must be (batch, leads) = ({batch_size}, {config.num_leads}), "
-                f"got {tuple(lead_mask.shape)}"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, num_samples):
-            raise ValueError(
-                f"EcgJepaModel: attention_mask must be (batch, samples) = ({batch_size}, {num_samples}), "
-                f"got {tuple(attention_mask.shape)}"
-            )
         if masked_time_patches is not None:
             num_patches = num_samples // config.patch_size
             if masked_time_patches.dtype != torch.bool or tuple(masked_time_patches.shape) != (num_patches,):
@@ -512,11 +489,7 @@ class EcgJepaForSequenceClassification(SequenceClassificationHeadMixin, EcgJepaP
             ``SequenceClassifierOutput`` with ``logits`` ``(batch, num_labels)`` and ``loss`` when
             labels are given.
         """
-        outputs = self.ecg_jepa(input_values, attention_mask=attention_mask, lead_mask=lead_mask, **kwargs)
-        logits, loss = self.classify(outputs.pooler_output, labels)
-        return SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return self.classify_ecg(input_values, attention_mask, lead_mask, labels, **kwargs)
 
 
 __all__ = [
