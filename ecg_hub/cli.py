@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "pretrain",
     "finetune",
     "evaluate",
+    "tokens",
 ]
 
 

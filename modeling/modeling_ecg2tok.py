@@ -106,7 +106,7 @@ class Ecg2TokEmbeddings(nn.Module):
             # where the masked patch is but not what it holds.
             masked = bool_masked_pos.to(embeddings.device)[:, :, None]
             embeddings = torch.where(masked, self.mask_token.to(embeddings.dtype), embeddings)
-        time_table = sincos_time_table(self.config.hidden_size, num_patches).to(embeddings)
+        time_table = sincos_time_table(self.config.hidden_size, num_patches).to(embeddings) * self.config.time_position_scale
         lead_ids = torch.arange(num_leads, device=embeddings.device)
         positions = time_table[None, :, :] + self.lead_embeddings(lead_ids)[:, None, :]
         embeddings = embeddings + positions.reshape(1, num_leads * num_patches, -1)

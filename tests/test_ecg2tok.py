@@ -310,6 +310,7 @@ def test_stage_a_through_ecg_hub_pretrain_lowers_the_loss_and_logs_codebook_heal
 
 def test_stage_b_through_ecg_hub_pretrain_lowers_the_masked_loss(tiny_ecg2tok_tokenizer, tmp_path):
     from accelerate.state import AcceleratorState, GradientState
+
     from ecg_hub.recipe import load_recipe
     from ecg_hub.training.pretrain import PretrainRecipe, pretrain
 
@@ -360,3 +361,31 @@ def test_both_stages_run_under_accelerate_launch_with_two_cpu_processes(tmp_path
         assert [r["world_size"] for r in replicas] == [2, 2]
         assert replicas[0]["weights_sha256"] == replicas[1]["weights_sha256"]
         assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_tiny_tokenizer_codes_separate_qrs_from_the_isoelectric_baseline(tiny_ecg2tok_tokenizer):
+    """The abstract's claim that the labels carry clinical meaning, at the smallest scale: after
+    ``ecg2tok/tokenizer_tiny`` (40 steps on synthetic ECGs), R-peak patches (neurokit2 on lead II)
+    and patches without any wave have different majority codes, and the code carries information
+    about "patch holds an R peak".
+
+    Threshold: at least 0.05 bits. The indicator's entropy is about 0.88 bits at the 29.5 % R-peak
+    share of these records, so 0.05 bits is 6 % of it; codes of time position (the failure this
+    guards against: a full-scale sin-cos table drowning the patch content, ``time_position_scale=1``)
+    gave 0.011 bits and one code on 71 % of patches; this recipe gives about 0.136 bits with 30 of 32
+    codes used. Measured, not asserted: the same architecture at random init gives about 0.14 bits
+    too (random prototypes already split high-amplitude from flat patches), so at this size the
+    training keeps, and balances, the waveform split rather than creating it."""
+    from ecg_hub.data.synthetic import make_synthetic_dataset
+    from ecg_hub.tokens import token_report
+
+    from ecg_hub import EcgFeatureExtractor
+
+    records = make_synthetic_dataset(num_records=16, seed=1)  # records the tokenizer never saw
+    folder = tiny_ecg2tok_tokenizer / "model"
+    trained = Ecg2TokTokenizerModel.from_pretrained(folder).eval()
+    report = token_report(trained, records, EcgFeatureExtractor.from_pretrained(folder))
+    assert report["num_skipped"] == 0
+    assert report["r_peak_majority_code"]["code"] != report["isoelectric_majority_code"]["code"], report
+    assert report["mutual_information_bits"] >= 0.05, report["mutual_information_bits"]
+    assert report["codes_used"] >= trained.config.codebook_size // 2, report["codes_used"]
