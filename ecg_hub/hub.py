@@ -604,6 +604,12 @@ def export_checkpoint(
     config_path = output_dir / "config.json"
     config_json = json.loads(config_path.read_text(encoding="utf-8"))
     auto_map = config_json.setdefault("auto_map", {})
+    # transformers writes a [slow, fast] pair for any class whose name contains "Tokenizer" (it takes
+    # it for a text tokenizer), so ECG2TOK's Ecg2TokTokenizerConfig / ...Model came out as lists that
+    # AutoConfig cannot read; only AutoTokenizer takes a pair.
+    for auto_name, reference in list(auto_map.items()):
+        if auto_name != "AutoTokenizer" and isinstance(reference, list):
+            auto_map[auto_name] = next(item for item in reference if item is not None)
     for auto_name, cls in _registered_model_classes(config).items():
         module_file = Path(sys.modules[cls.__module__].__file__).name
         if auto_name not in auto_map and (output_dir / module_file).is_file():

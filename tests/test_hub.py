@@ -35,6 +35,8 @@ from hub_server import HubServer
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "ecg-hub-test/ecg-jepa-tiny"
 ETP_REPO_ID = "ecg-hub-test/etp-tiny"  # an ECG-text model: a processor instead of a feature extractor
+#: ECG2TOK: the stage-A tokenizer (compared by `encode` ids) and a stage-B model labelled by it.
+ECG2TOK_REPO_IDS = {"ecg2tok_tokenizer": "ecg-hub-test/ecg2tok-tokenizer-tiny", "ecg2tok": "ecg-hub-test/ecg2tok-tiny"}
 ETP_TEXTS = ["sinus rhythm, normal axis", "atrial fibrillation with rapid ventricular response"]
 SIGNAL_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 SIGNAL_RATE = 500  # Hz of the raw test signal; the extractor resamples it to the model's 250 Hz
@@ -201,7 +203,43 @@ def etp_checkpoint(checkpoints):
 
 
 @pytest.fixture(scope="module")
-def published(hub_server, checkpoints, etp_checkpoint):
+def ecg2tok_checkpoints(checkpoints):
+    """A tiny ECG2TOK tokenizer and a stage-B model naming it, saved with the ECG2TOK feature
+    extractor, and their reference outputs on the shared inputs (8 leads, 2 s at 250 Hz)."""
+    import torch
+    from ecg_hub.modeling import Ecg2TokForMaskedSignalModeling, Ecg2TokModel, Ecg2TokTokenizerModel, EcgFeatureExtractor
+    from model_battery import tiny_ecg2tok_config, tiny_ecg2tok_tokenizer_config
+
+    feature_extractor = EcgFeatureExtractor.from_preset("ecg2tok", num_samples=500)
+    root = checkpoints["root"]
+    torch.manual_seed(4)
+    tokenizer = Ecg2TokTokenizerModel(tiny_ecg2tok_tokenizer_config())
+    stage_b = Ecg2TokForMaskedSignalModeling(
+        tiny_ecg2tok_config(tokenizer_name_or_path=ECG2TOK_REPO_IDS["ecg2tok_tokenizer"], tokenizer_revision="main")
+    )
+    dirs = {"ecg2tok_tokenizer": root / "ecg2tok_tokenizer", "ecg2tok": root / "ecg2tok"}
+    for name, model in (("ecg2tok_tokenizer", tokenizer), ("ecg2tok", stage_b)):
+        model.save_pretrained(dirs[name])
+        feature_extractor.save_pretrained(dirs[name])
+    inputs = checkpoints["inputs"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            outputs = {
+                "ecg2tok_tokenizer": {"ids": Ecg2TokTokenizerModel.from_pretrained(dirs["ecg2tok_tokenizer"]).eval().encode(**inputs)},
+                "ecg2tok": {
+                    k: v for k, v in Ecg2TokModel.from_pretrained(dirs["ecg2tok"]).eval()(**inputs).items()
+                    if isinstance(v, torch.Tensor)
+                },
+            }
+    finally:
+        torch.set_num_threads(threads)
+    return {"dirs": dirs, "outputs": outputs}
+
+
+@pytest.fixture(scope="module")
+def published(hub_server, checkpoints, etp_checkpoint, ecg2tok_checkpoints):
     """v1 published to main, then v2 (with results) to main, then v1 to branch "v1-branch"; and ETP."""
     from ecg_hub.hub import publish
 
@@ -210,7 +248,8 @@ def published(hub_server, checkpoints, etp_checkpoint):
     second = publish(dirs["v2"], REPO_ID, results=checkpoints["results_path"])
     branch = publish(dirs["v1"], REPO_ID, revision="v1-branch")
     etp = publish(etp_checkpoint["dir"], ETP_REPO_ID)
-    return {"v1": first.oid, "v2": second.oid, "branch": branch.oid, "etp": etp.oid}
+    ecg2tok = {name: publish(ecg2tok_checkpoints["dirs"][name], repo_id).oid for name, repo_id in ECG2TOK_REPO_IDS.items()}
+    return {"v1": first.oid, "v2": second.oid, "branch": branch.oid, "etp": etp.oid, **ecg2tok}
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +434,15 @@ for name, repo_id in args.get("processor_repos", {}).items():  # ECG-text models
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "processor_class": f"{type(processor).__module__}.{type(processor).__qualname__}",
     }
+for name, repo_id in args.get("model_repos", {}).items():  # more families, loaded by repo id
+    model = AutoModel.from_pretrained(repo_id, **extra).eval()
+    with torch.no_grad():
+        if hasattr(model, "encode"):  # a tokenizer: its ids are the output
+            tensors = {"ids": model.encode(**inputs)}
+        else:
+            tensors = {k: v.clone() for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
+    save_file(tensors, f"{args['out']}/{name}.safetensors")
+    report[name] = {"model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
 report["ecg_hub_modules"] = sorted(m for m in sys.modules if m == "ecg_hub" or m.startswith("ecg_hub."))
 report["blocked_imports"] = list(blocked)  # before the check below adds its own attempt
 if args["block_ecg_hub"]:
@@ -427,6 +475,7 @@ def _start_child(
         "trust_remote_code": remote,
         "check_refusal": remote,
         "processor_repos": {"etp": ETP_REPO_ID} if remote else {},
+        "model_repos": {} if offline_endpoint is not None else ECG2TOK_REPO_IDS,
         "texts": ETP_TEXTS,
     }
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "PYTHONPATH")}
@@ -586,6 +635,33 @@ def test_trust_remote_code_loads_a_processor_checkpoint_without_ecg_hub(
         "modeling_etp.py",
         "modeling_ecg_resnet.py",
     } <= files
+
+
+@pytest.mark.parametrize("run", ["registered", "remote"])
+def test_ecg2tok_tokenizer_and_stage_b_load_by_repo_id_in_a_fresh_process(
+    fresh_processes, ecg2tok_checkpoints, published, hub_server, run
+):
+    """With ``import ecg_hub`` (installed classes) and with ``trust_remote_code`` while ecg_hub is
+    import-blocked (the repo's code): the same token ids and encoder outputs; the stage-B repo holds
+    no tokenizer weights and names its tokenizer."""
+    import json as json_module
+
+    report = fresh_processes["reports"][run]
+    expected_classes = {"ecg2tok_tokenizer": "Ecg2TokTokenizerModel", "ecg2tok": "Ecg2TokModel"}
+    for name, class_name in expected_classes.items():
+        assert report[name]["model_class"].endswith(f"modeling_ecg2tok.{class_name}")
+        prefix = "ecg_hub.modeling." if run == "registered" else "transformers_modules."
+        assert report[name]["model_class"].startswith(prefix)
+        _assert_same_outputs(fresh_processes["outputs"][(run, name)], ecg2tok_checkpoints["outputs"][name])
+    if run == "remote":
+        assert report["blocked_imports"] == [] and report["hiding_works"]
+    repo = hub_server.state.repos[("model", ECG2TOK_REPO_IDS["ecg2tok"])]
+    files = repo.commits[published["ecg2tok"]].files
+    assert {"modeling_ecg2tok.py", "configuration_ecg2tok.py", "clustering.py", "README.md"} <= set(files)
+    assert not {"modeling_ecg_jepa.py", "modeling_etp.py"} & set(files)
+    config = json_module.loads(files["config.json"])
+    assert config["tokenizer_name_or_path"] == ECG2TOK_REPO_IDS["ecg2tok_tokenizer"]
+    assert config["tokenizer_revision"] == "main"
 
 
 def test_offline_mode_loads_from_the_cache_without_any_request(fresh_processes, checkpoints):
