@@ -207,7 +207,12 @@ def ecg2tok_checkpoints(checkpoints):
     """A tiny ECG2TOK tokenizer and a stage-B model naming it, saved with the ECG2TOK feature
     extractor, and their reference outputs on the shared inputs (8 leads, 2 s at 250 Hz)."""
     import torch
-    from ecg_hub.modeling import Ecg2TokForMaskedSignalModeling, Ecg2TokModel, Ecg2TokTokenizerModel, EcgFeatureExtractor
+    from ecg_hub.modeling import (
+        Ecg2TokForMaskedSignalModeling,
+        Ecg2TokModel,
+        Ecg2TokTokenizerModel,
+        EcgFeatureExtractor,
+    )
     from model_battery import tiny_ecg2tok_config, tiny_ecg2tok_tokenizer_config
 
     feature_extractor = EcgFeatureExtractor.from_preset("ecg2tok", num_samples=500)
