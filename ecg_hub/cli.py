@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "finetune",
     "evaluate",
     "tokens",
+    "tokenize",
 ]
 
 

@@ -389,6 +389,7 @@ def render_model_card(
         repo_id=repo_id,
         model_class=type(model).__name__,
         model_type=model.config.model_type,
+        config=model.config,  # for family-specific fields a template shows (e.g. a codebook size)
         is_classifier=is_classifier,
         auto_class="AutoModelForSequenceClassification" if is_classifier else "AutoModel",
         preprocessor_class="AutoProcessor" if tokenizer is not None else "AutoFeatureExtractor",

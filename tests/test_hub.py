@@ -35,8 +35,18 @@ from hub_server import HubServer
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "ecg-hub-test/ecg-jepa-tiny"
 ETP_REPO_ID = "ecg-hub-test/etp-tiny"  # an ECG-text model: a processor instead of a feature extractor
-#: ECG2TOK: the stage-A tokenizer (compared by `encode` ids) and a stage-B model labelled by it.
-ECG2TOK_REPO_IDS = {"ecg2tok_tokenizer": "ecg-hub-test/ecg2tok-tokenizer-tiny", "ecg2tok": "ecg-hub-test/ecg2tok-tiny"}
+#: ECG2TOK: the stage-A tokenizer (compared by `encode` ids), a stage-B masked-label model labelled
+#: by it and a stage-B classifier (compared by logits), with the Auto class each is loaded by.
+ECG2TOK_REPO_IDS = {
+    "ecg2tok_tokenizer": "ecg-hub-test/ecg2tok-tokenizer-tiny",
+    "ecg2tok": "ecg-hub-test/ecg2tok-tiny",
+    "ecg2tok_classifier": "ecg-hub-test/ecg2tok-classifier-tiny",
+}
+ECG2TOK_AUTO_CLASSES = {
+    "ecg2tok_tokenizer": ("AutoModel", "Ecg2TokTokenizerModel"),
+    "ecg2tok": ("AutoModelForMaskedLM", "Ecg2TokForMaskedSignalModeling"),
+    "ecg2tok_classifier": ("AutoModelForSequenceClassification", "Ecg2TokForSequenceClassification"),
+}
 ETP_TEXTS = ["sinus rhythm, normal axis", "atrial fibrillation with rapid ventricular response"]
 SIGNAL_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 SIGNAL_RATE = 500  # Hz of the raw test signal; the extractor resamples it to the model's 250 Hz
@@ -204,12 +214,15 @@ def etp_checkpoint(checkpoints):
 
 @pytest.fixture(scope="module")
 def ecg2tok_checkpoints(checkpoints):
-    """A tiny ECG2TOK tokenizer and a stage-B model naming it, saved with the ECG2TOK feature
-    extractor, and their reference outputs on the shared inputs (8 leads, 2 s at 250 Hz)."""
+    """The three ECG2TOK checkpoints, saved with the ECG2TOK feature extractor (8 leads, 2 s at 250
+    Hz here): the stage-A tokenizer, a stage-B masked-label model naming it by repo id (with the
+    tokenizer attached while saved, which must not put its weights in the checkpoint) and a stage-B
+    classifier; their reference outputs on the shared inputs (ids, logits + loss, logits); and the
+    results JSON of a real `ecg-hub evaluate` of the stage-B model, for its card."""
     import torch
     from ecg_hub.modeling import (
         Ecg2TokForMaskedSignalModeling,
-        Ecg2TokModel,
+        Ecg2TokForSequenceClassification,
         Ecg2TokTokenizerModel,
         EcgFeatureExtractor,
     )
@@ -217,30 +230,65 @@ def ecg2tok_checkpoints(checkpoints):
 
     feature_extractor = EcgFeatureExtractor.from_preset("ecg2tok", num_samples=500)
     root = checkpoints["root"]
+    names_tokenizer = {
+        "tokenizer_name_or_path": ECG2TOK_REPO_IDS["ecg2tok_tokenizer"],
+        "tokenizer_revision": "main",
+    }
     torch.manual_seed(4)
     tokenizer = Ecg2TokTokenizerModel(tiny_ecg2tok_tokenizer_config())
-    stage_b = Ecg2TokForMaskedSignalModeling(
-        tiny_ecg2tok_config(tokenizer_name_or_path=ECG2TOK_REPO_IDS["ecg2tok_tokenizer"], tokenizer_revision="main")
-    )
-    dirs = {"ecg2tok_tokenizer": root / "ecg2tok_tokenizer", "ecg2tok": root / "ecg2tok"}
-    for name, model in (("ecg2tok_tokenizer", tokenizer), ("ecg2tok", stage_b)):
+    stage_b = Ecg2TokForMaskedSignalModeling(tiny_ecg2tok_config(**names_tokenizer))
+    stage_b.set_label_tokenizer(tokenizer)
+    classifier = Ecg2TokForSequenceClassification(tiny_ecg2tok_config(**names_tokenizer))
+    models = {"ecg2tok_tokenizer": tokenizer, "ecg2tok": stage_b, "ecg2tok_classifier": classifier}
+    dirs = {name: root / name for name in models}
+    for name, model in models.items():
         model.save_pretrained(dirs[name])
         feature_extractor.save_pretrained(dirs[name])
-    inputs = checkpoints["inputs"]
+    # The child processes prepare the same signal with the repo's own feature extractor.
+    inputs = dict(
+        feature_extractor(
+            checkpoints["signal"], sampling_rate=SIGNAL_RATE, leads=SIGNAL_LEADS, return_tensors="pt"
+        )
+    )
+    # Stage B: time slots 3-5 masked in every lead; its labels come from the tokenizer (by repo id
+    # in the child processes, so their loss equals this one only if they labelled with it).
+    bool_masked_pos = torch.zeros(1, 10, dtype=torch.bool)
+    bool_masked_pos[:, 3:6] = True
+    extra = {"ecg2tok": {"bool_masked_pos": bool_masked_pos.repeat(1, 8)}}
+    # Reference: the saved checkpoints loaded with the installed classes, on one thread like the child.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
+            reloaded_tokenizer = Ecg2TokTokenizerModel.from_pretrained(dirs["ecg2tok_tokenizer"]).eval()
+            reloaded_stage_b = Ecg2TokForMaskedSignalModeling.from_pretrained(dirs["ecg2tok"]).eval()
+            reloaded_stage_b.set_label_tokenizer(reloaded_tokenizer)
+            reloaded_classifier = Ecg2TokForSequenceClassification.from_pretrained(
+                dirs["ecg2tok_classifier"]
+            ).eval()
             outputs = {
-                "ecg2tok_tokenizer": {"ids": Ecg2TokTokenizerModel.from_pretrained(dirs["ecg2tok_tokenizer"]).eval().encode(**inputs)},
+                "ecg2tok_tokenizer": {"ids": reloaded_tokenizer.encode(**inputs)},
                 "ecg2tok": {
-                    k: v for k, v in Ecg2TokModel.from_pretrained(dirs["ecg2tok"]).eval()(**inputs).items()
+                    k: v
+                    for k, v in reloaded_stage_b(**inputs, **extra["ecg2tok"]).items()
                     if isinstance(v, torch.Tensor)
+                },
+                "ecg2tok_classifier": {
+                    k: v for k, v in reloaded_classifier(**inputs).items() if isinstance(v, torch.Tensor)
                 },
             }
     finally:
         torch.set_num_threads(threads)
-    return {"dirs": dirs, "outputs": outputs}
+    results_path = root / "ecg2tok_results.json"
+    _evaluate(dirs["ecg2tok"], root / "data", results_path)
+    return {
+        "dirs": dirs,
+        "outputs": outputs,
+        "extra": extra,
+        "results_path": results_path,
+        "tokenizer_keys": set(tokenizer.state_dict()),
+        "stage_b_keys": set(Ecg2TokForMaskedSignalModeling(tiny_ecg2tok_config()).state_dict()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +301,14 @@ def published(hub_server, checkpoints, etp_checkpoint, ecg2tok_checkpoints):
     second = publish(dirs["v2"], REPO_ID, results=checkpoints["results_path"])
     branch = publish(dirs["v1"], REPO_ID, revision="v1-branch")
     etp = publish(etp_checkpoint["dir"], ETP_REPO_ID)
-    ecg2tok = {name: publish(ecg2tok_checkpoints["dirs"][name], repo_id).oid for name, repo_id in ECG2TOK_REPO_IDS.items()}
+    ecg2tok = {
+        name: publish(
+            ecg2tok_checkpoints["dirs"][name],
+            repo_id,
+            results=ecg2tok_checkpoints["results_path"] if name == "ecg2tok" else None,
+        ).oid
+        for name, repo_id in ECG2TOK_REPO_IDS.items()
+    }
     return {"v1": first.oid, "v2": second.oid, "branch": branch.oid, "etp": etp.oid, **ecg2tok}
 
 
@@ -439,15 +494,29 @@ for name, repo_id in args.get("processor_repos", {}).items():  # ECG-text models
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
         "processor_class": f"{type(processor).__module__}.{type(processor).__qualname__}",
     }
-for name, repo_id in args.get("model_repos", {}).items():  # more families, loaded by repo id
-    model = AutoModel.from_pretrained(repo_id, **extra).eval()
+for name, spec in args.get("model_repos", {}).items():  # more families, by repo id and Auto class
+    import transformers
+
+    auto_class = getattr(transformers, spec["auto_class"])
+    model = auto_class.from_pretrained(spec["repo_id"], **extra).eval()
+    fe = AutoFeatureExtractor.from_pretrained(spec["repo_id"], **extra)
+    model_inputs = fe(signal, sampling_rate=args["signal_rate"], leads=args["signal_leads"], return_tensors="pt")
+    model_extra = load_file(spec["extra"]) if spec.get("extra") else {}
     with torch.no_grad():
-        if hasattr(model, "encode"):  # a tokenizer: its ids are the output
-            tensors = {"ids": model.encode(**inputs)}
+        if spec.get("method") == "encode":  # a tokenizer: its ids are the output
+            tensors = {"ids": model.encode(**model_inputs)}
         else:
-            tensors = {k: v.clone() for k, v in model(**inputs).items() if isinstance(v, torch.Tensor)}
+            outputs = model(**model_inputs, **model_extra)
+            tensors = {k: v.clone() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
     save_file(tensors, f"{args['out']}/{name}.safetensors")
-    report[name] = {"model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    label_tokenizer = getattr(model, "_label_tokenizer", None)  # ECG2TOK stage B: loaded by repo id
+    report[name] = {
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "fe_class": f"{type(fe).__module__}.{type(fe).__qualname__}",
+        "label_tokenizer_class": (
+            None if label_tokenizer is None else f"{type(label_tokenizer).__module__}.{type(label_tokenizer).__qualname__}"
+        ),
+    }
 report["ecg_hub_modules"] = sorted(m for m in sys.modules if m == "ecg_hub" or m.startswith("ecg_hub."))
 report["blocked_imports"] = list(blocked)  # before the check below adds its own attempt
 if args["block_ecg_hub"]:
@@ -459,6 +528,20 @@ if args["block_ecg_hub"]:
 with open(f"{args['out']}/report.json", "w") as handle:
     json.dump(report, handle)
 '''
+
+
+def _ecg2tok_model_repos(root: Path) -> dict:
+    """The child's ECG2TOK loads: repo id, Auto class, method, extra inputs (a safetensors file)."""
+    specs = {}
+    for name, repo_id in ECG2TOK_REPO_IDS.items():
+        extra = root / f"{name}-extra.safetensors"
+        specs[name] = {
+            "repo_id": repo_id,
+            "auto_class": ECG2TOK_AUTO_CLASSES[name][0],
+            "method": "encode" if name == "ecg2tok_tokenizer" else "forward",
+            "extra": str(extra) if extra.is_file() else None,
+        }
+    return specs
 
 
 def _start_child(
@@ -480,7 +563,7 @@ def _start_child(
         "trust_remote_code": remote,
         "check_refusal": remote,
         "processor_repos": {"etp": ETP_REPO_ID} if remote else {},
-        "model_repos": {} if offline_endpoint is not None else ECG2TOK_REPO_IDS,
+        "model_repos": {} if offline_endpoint is not None else _ecg2tok_model_repos(workdir.parent),
         "texts": ETP_TEXTS,
     }
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "PYTHONPATH")}
@@ -512,7 +595,7 @@ def _finish(process: subprocess.Popen, workdir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fresh_processes(hub_server, published, checkpoints, tmp_path_factory):
+def fresh_processes(hub_server, published, checkpoints, ecg2tok_checkpoints, tmp_path_factory):
     """Run the three child processes at once; returns their reports, outputs and requests."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -522,6 +605,8 @@ def fresh_processes(hub_server, published, checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("children")
     save_file({k: v.contiguous() for k, v in checkpoints["inputs"].items()}, root / "inputs.safetensors")
     save_file({"signal": torch.from_numpy(checkpoints["signal"])}, root / "signal.safetensors")
+    for name, tensors in ecg2tok_checkpoints["extra"].items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, root / f"{name}-extra.safetensors")
     # `ecg-hub download` of main and of the pinned v1 commit fills the cache the offline child uses.
     offline_home = root / "hf-home-offline"
     for revision in (None, published["v1"]):
@@ -642,31 +727,174 @@ def test_trust_remote_code_loads_a_processor_checkpoint_without_ecg_hub(
     } <= files
 
 
+@pytest.mark.parametrize("name", list(ECG2TOK_REPO_IDS))
 @pytest.mark.parametrize("run", ["registered", "remote"])
-def test_ecg2tok_tokenizer_and_stage_b_load_by_repo_id_in_a_fresh_process(
-    fresh_processes, ecg2tok_checkpoints, published, hub_server, run
-):
-    """With ``import ecg_hub`` (installed classes) and with ``trust_remote_code`` while ecg_hub is
-    import-blocked (the repo's code): the same token ids and encoder outputs; the stage-B repo holds
-    no tokenizer weights and names its tokenizer."""
-    import json as json_module
-
+def test_ecg2tok_loads_by_repo_id_in_a_fresh_process(fresh_processes, ecg2tok_checkpoints, run, name):
+    """Each ECG2TOK checkpoint, with ``import ecg_hub`` (installed classes) and with
+    ``trust_remote_code`` while ecg_hub is import-blocked (the repo's code), prepared by the repo's
+    feature extractor: the same token ids (tokenizer) or logits (stage B: and the same loss, its
+    labels coming from the tokenizer it names, loaded by repo id)."""
     report = fresh_processes["reports"][run]
-    expected_classes = {"ecg2tok_tokenizer": "Ecg2TokTokenizerModel", "ecg2tok": "Ecg2TokModel"}
-    for name, class_name in expected_classes.items():
-        assert report[name]["model_class"].endswith(f"modeling_ecg2tok.{class_name}")
-        prefix = "ecg_hub.modeling." if run == "registered" else "transformers_modules."
-        assert report[name]["model_class"].startswith(prefix)
-        _assert_same_outputs(fresh_processes["outputs"][(run, name)], ecg2tok_checkpoints["outputs"][name])
+    prefix = "ecg_hub.modeling." if run == "registered" else "transformers_modules."
+    class_name = ECG2TOK_AUTO_CLASSES[name][1]
+    assert report[name]["model_class"].startswith(prefix)
+    assert report[name]["model_class"].endswith(f"modeling_ecg2tok.{class_name}")
+    assert report[name]["fe_class"].startswith(prefix)
+    if name == "ecg2tok":  # labelled on the fly by the tokenizer of config.tokenizer_name_or_path
+        assert report[name]["label_tokenizer_class"].startswith(prefix)
+        assert report[name]["label_tokenizer_class"].endswith("modeling_ecg2tok.Ecg2TokTokenizerModel")
+    expected = ecg2tok_checkpoints["outputs"][name]
+    assert set(expected) == (
+        {"ids"} if name == "ecg2tok_tokenizer" else {"logits"} | ({"loss"} if name == "ecg2tok" else set())
+    )
+    _assert_same_outputs(fresh_processes["outputs"][(run, name)], expected)
     if run == "remote":
-        assert report["blocked_imports"] == [] and report["hiding_works"]
-    repo = hub_server.state.repos[("model", ECG2TOK_REPO_IDS["ecg2tok"])]
-    files = repo.commits[published["ecg2tok"]].files
-    assert {"modeling_ecg2tok.py", "configuration_ecg2tok.py", "clustering.py", "README.md"} <= set(files)
-    assert not {"modeling_ecg_jepa.py", "modeling_etp.py"} & set(files)
-    config = json_module.loads(files["config.json"])
-    assert config["tokenizer_name_or_path"] == ECG2TOK_REPO_IDS["ecg2tok_tokenizer"]
-    assert config["tokenizer_revision"] == "main"
+        assert report["blocked_imports"] == [], "\n".join(report["blocked_imports"])
+        assert report["ecg_hub_modules"] == [] and report["hiding_works"]
+
+
+#: What an ECG2TOK repo holds: its two modules, the shared components they import (and the
+#: standard-library registry), the feature extractor; nothing of another family.
+ECG2TOK_REPO_FILES = {
+    ".gitattributes",
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "requirements.txt",
+    "configuration_ecg2tok.py",
+    "modeling_ecg2tok.py",
+    "feature_extraction_ecg.py",
+    "leads.py",
+    "clustering.py",
+    "contrastive.py",
+    "ema.py",
+    "heads.py",
+    "layers.py",
+    "masking.py",
+    "registry.py",
+}
+
+
+@pytest.mark.parametrize("name", list(ECG2TOK_REPO_IDS))
+def test_ecg2tok_repo_carries_its_code_and_no_other_familys(hub_server, published, name):
+    from ecg_hub import modeling
+
+    files = hub_server.state.repos[("model", ECG2TOK_REPO_IDS[name])].commits[published[name]].files
+    assert set(files) == ECG2TOK_REPO_FILES
+    for file in ECG2TOK_REPO_FILES:
+        if file.endswith(".py"):  # the installed code, byte for byte
+            assert files[file] == (Path(modeling.__file__).parent / file).read_bytes(), file
+    config = json.loads(files["config.json"])
+    config_class = "Ecg2TokTokenizerConfig" if name == "ecg2tok_tokenizer" else "Ecg2TokConfig"
+    assert config["auto_map"]["AutoConfig"] == f"configuration_ecg2tok.{config_class}"
+    auto_class, class_name = ECG2TOK_AUTO_CLASSES[name]
+    assert config["auto_map"][auto_class] == f"modeling_ecg2tok.{class_name}"
+    assert config["architectures"] == [class_name]
+    assert all(isinstance(v, str) for v in config["auto_map"].values())  # no [slow, fast] pairs
+    requirements = files["requirements.txt"].decode().split("\n")
+    assert "torch>=2.4" in requirements and not any(
+        "ecg_hub" in line or "ecg-hub" in line for line in requirements
+    )
+
+
+def test_ecg2tok_stage_b_checkpoint_names_its_tokenizer_and_holds_none_of_its_weights(
+    hub_server, published, ecg2tok_checkpoints
+):
+    from safetensors.torch import load
+
+    files = hub_server.state.repos[("model", ECG2TOK_REPO_IDS["ecg2tok"])].commits[published["ecg2tok"]].files
+    keys = set(load(files["model.safetensors"]))
+    # Exactly the stage-B model's own weights (encoder, masked-label head), although the tokenizer
+    # was attached (set_label_tokenizer) when it was saved.
+    assert keys == ecg2tok_checkpoints["stage_b_keys"]
+    assert all(k.startswith(("ecg2tok.", "lm_head")) for k in keys)
+    assert not any("teacher" in k or "student" in k or "label_tokenizer" in k for k in keys)
+    assert not keys & ecg2tok_checkpoints["tokenizer_keys"]
+    for name in ("ecg2tok", "ecg2tok_classifier"):
+        config = json.loads(
+            hub_server.state.repos[("model", ECG2TOK_REPO_IDS[name])]
+            .commits[published[name]]
+            .files["config.json"]
+        )
+        assert config["tokenizer_name_or_path"] == ECG2TOK_REPO_IDS["ecg2tok_tokenizer"]
+        assert config["tokenizer_revision"] == "main"
+
+
+@pytest.mark.parametrize("name", list(ECG2TOK_REPO_IDS))
+def test_ecg2tok_model_cards_render_for_both_model_types(published, ecg2tok_checkpoints, name):
+    from huggingface_hub import ModelCard
+
+    repo_id = ECG2TOK_REPO_IDS[name]
+    card = ModelCard.load(repo_id)  # README.md at main, over HTTP
+    text = card.text
+    assert "{{" not in text and "{%" not in text
+    assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
+    assert {"ecg-hub", "ecg2tok"} <= set(card.data.tags)
+    assert f"# {repo_id}" in text and "not a medical device" in text and "10.24963/ijcai.2025/1110" in text
+    assert f"`{ECG2TOK_AUTO_CLASSES[name][1]}`" in text
+    assert "Codebook size | 16" in text  # tiny configs: K = 16
+    assert "| Leads | 8, in this order: I, II, V1, V2, V3, V4, V5, V6 |" in text
+    assert "Butterworth band-pass 0.67–40 Hz, order 5, zero-phase" in text
+    if name == "ecg2tok_tokenizer":
+        assert "stage-A semantic tokenizer" in text and "ids = tokenizer.encode(**inputs)" in text
+        assert "ecg-hub tokenize DATASET --tokenizer" in text
+        assert "Label tokenizer" not in text
+    else:
+        assert "stage-B" in text
+        assert f"`{ECG2TOK_REPO_IDS['ecg2tok_tokenizer']}` at revision `main`" in text
+    if name == "ecg2tok_classifier":
+        assert f'AutoModelForSequenceClassification.from_pretrained("{repo_id}")' in text
+        assert "Output classes | 3" in text
+    if name != "ecg2tok":
+        assert card.data.eval_results is None and "No evaluation results were published" in text
+        return
+    # The stage-B card's numbers are the results JSON's, in the metadata and in the table.
+    results = json.loads(ecg2tok_checkpoints["results_path"].read_text())
+    parsed = {(r.metric_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    expected = {
+        (f"{entry['protocol']}, fraction={entry['fraction']}", metric): value
+        for entry in results["results"]
+        for metric, value in entry["metrics"].items()
+    }
+    assert parsed == expected
+    half, full = results["results"]
+    low, high = full["metrics_ci95"]["macro_auroc"]
+    assert (
+        f"| linear-probe | 100% | test | 1 | {full['metrics']['macro_auroc']:.4f} [{low:.4f}, {high:.4f}]"
+        in text
+    )
+    mean, std = half["metrics"]["macro_auroc"], half["metrics_std"]["macro_auroc"]
+    assert f"| linear-probe | 50% | test | 1, 2 | {mean:.4f} ± {std:.4f}" in text
+
+
+def test_ecg2tok_card_template_uses_only_what_render_model_card_fills(ecg2tok_checkpoints, monkeypatch):
+    """Every variable of ``model_cards/ecg2tok.md`` is one ``render_model_card`` passes (jinja would
+    render a misspelt one as an empty string, silently), for each ECG2TOK model type."""
+    import jinja2
+    import jinja2.meta
+    from huggingface_hub import ModelCard
+
+    from ecg_hub import hub
+    from ecg_hub.hub import _load_checkpoint
+
+    template = hub._card_template("ecg2tok")
+    used = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(template))
+    original = ModelCard.from_template.__func__
+    filled = []
+
+    def recording(cls, card_data, template_path=None, template_str=None, **kwargs):
+        filled.append(set(kwargs) | {"card_data"})
+        return original(cls, card_data, template_path=template_path, template_str=template_str, **kwargs)
+
+    monkeypatch.setattr(ModelCard, "from_template", classmethod(recording))
+    for name in ECG2TOK_REPO_IDS:
+        model, preprocessor, family = _load_checkpoint(ecg2tok_checkpoints["dirs"][name])
+        assert family == "ecg2tok"
+        hub.render_model_card(repo_id="ecg-hub-test/x", family=family, model=model, preprocessor=preprocessor)
+    assert len(filled) == len(ECG2TOK_REPO_IDS)
+    for names in filled:
+        assert used <= names, f"template variables not filled by render_model_card: {sorted(used - names)}"
 
 
 def test_offline_mode_loads_from_the_cache_without_any_request(fresh_processes, checkpoints):

@@ -29,9 +29,13 @@ class EcgCollator:
             one positive class).
         training: random crops (augmentation) instead of the extractor's deterministic crop.
         seed: seed of the random-crop generator (each DataLoader worker gets its own stream).
+        token_column: name of a column of precomputed ECG2TOK token ids (``ecg-hub tokenize``: flat
+            ``leads * patches`` lists, ``-100`` for none). When set, the batch gets ``labels``
+            (batch, leads * patches) int64, the stage-B ``Ecg2TokForMaskedSignalModeling`` labels.
+            The ids belong to the extractor's deterministic crop, so ``training=True`` is refused.
 
     Returns (``__call__``): ``{"input_values": (B, L, T) float32, "attention_mask": (B, T),
-    "lead_mask": (B, L)}`` plus ``labels`` when requested.
+    "lead_mask": (B, L)}`` plus ``labels`` when requested (``label_column`` or ``token_column``).
     """
 
     def __init__(
@@ -42,15 +46,27 @@ class EcgCollator:
         single_label: bool = False,
         training: bool = False,
         seed: int | None = None,
+        token_column: str | None = None,
     ):
         if label_column is not None and num_classes is None and not single_label:
             raise ValueError(f"num_classes is required with label_column={label_column!r}")
+        if token_column is not None and label_column is not None:
+            raise ValueError(
+                f"token_column={token_column!r} and label_column={label_column!r} both give `labels`; set one"
+            )
+        if token_column is not None and training:
+            raise ValueError(
+                f"token_column={token_column!r} with training=True: the precomputed token ids belong to the "
+                "feature extractor's deterministic crop, and random training crops would not match them. Use "
+                "training=False, or leave token_column unset and let the model label with its tokenizer"
+            )
         self.feature_extractor = feature_extractor
         self.label_column = label_column
         self.num_classes = num_classes
         self.single_label = single_label
         self.training = training
         self.seed = seed
+        self.token_column = token_column
         self._rng: np.random.Generator | None = None
         self._rng_worker: int | None = None
 
@@ -91,5 +107,22 @@ class EcgCollator:
                 batch["labels"] = torch.tensor([int(pos[0]) for pos in positives], dtype=torch.long)
             else:
                 batch["labels"] = torch.from_numpy(multi_hot(rows, self.label_column, self.num_classes))
+        if self.token_column is not None:
+            batch["labels"] = self._token_labels(rows)
         return batch
 
+    def _token_labels(self, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """(batch, leads * patches) int64 of the rows' ``token_column`` (shorter rows padded with -100)."""
+        ids = []
+        for row in rows:
+            if self.token_column not in row:
+                raise ValueError(
+                    f"record {row.get('record_id', '?')}: no {self.token_column!r} column "
+                    "(write it with `ecg-hub tokenize`)"
+                )
+            ids.append(np.asarray(row[self.token_column], dtype=np.int64).reshape(-1))
+        width = max(len(i) for i in ids)
+        labels = np.full((len(ids), width), -100, dtype=np.int64)
+        for k, row_ids in enumerate(ids):
+            labels[k, : len(row_ids)] = row_ids
+        return torch.from_numpy(labels)
