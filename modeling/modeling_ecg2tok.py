@@ -313,9 +313,10 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
         self.teacher = Ecg2TokEncoder(config)
         self.student_head = Ecg2TokProjectionHead(config)
         self.teacher_head = Ecg2TokProjectionHead(config)
-        # Training state: the share of the run done (teacher-temperature schedule); saved so that a
-        # resumed run continues the schedule. The k-means statistics exist in every mode (one layout).
-        self.register_buffer("training_progress", torch.zeros(()), persistent=True)
+        # Training state: [optimizer steps done, steps of the run], set by `post_optimizer_step`; the
+        # teacher-temperature and prototype-freeze schedules read it, and it is saved so that a
+        # resumed run continues both. The k-means statistics exist in every mode (one layout).
+        self.register_buffer("training_steps", torch.zeros(2), persistent=True)
         self.register_buffer("kmeans_code_sums", torch.zeros(config.codebook_size, config.head_bottleneck_size))
         self.register_buffer("kmeans_cluster_sizes", torch.zeros(config.codebook_size))
         self.register_buffer("kmeans_initialized", torch.zeros((), dtype=torch.bool))
@@ -336,19 +337,23 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
             self.student_head.prototypes.register_hook(self._freeze_prototypes_hook)
 
     def _freeze_prototypes_hook(self, grad: torch.Tensor) -> torch.Tensor:
-        steps_done = float(self.training_progress) * max(self._total_steps, 1)
+        steps_done = float(self.training_steps[0])
         return torch.zeros_like(grad) if steps_done < self.config.prototype_freeze_steps else grad
 
-    _total_steps = 1
+    @property
+    def training_progress(self) -> float:
+        """Share of the run's optimizer steps done (0 before the first step)."""
+        steps_done, total_steps = (float(v) for v in self.training_steps)
+        return steps_done / total_steps if total_steps > 0 else 0.0
 
     # -- schedules ---------------------------------------------------------------------------
 
     def teacher_temperature(self) -> float:
-        """Teacher (and Sinkhorn) temperature at the current ``training_progress``: linear from
+        """Teacher (and Sinkhorn) temperature at the current `training_progress`: linear from
         ``teacher_temperature_start`` to ``_end`` over the first ``teacher_temperature_warmup_fraction``."""
         config = self.config
         warmup = config.teacher_temperature_warmup_fraction
-        share = 1.0 if warmup <= 0 else min(float(self.training_progress) / warmup, 1.0)
+        share = 1.0 if warmup <= 0 else min(self.training_progress / warmup, 1.0)
         return config.teacher_temperature_start + share * (config.teacher_temperature_end - config.teacher_temperature_start)
 
     # -- inference ---------------------------------------------------------------------------
@@ -385,12 +390,14 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
 
     # -- pretraining -------------------------------------------------------------------------
 
-    def _teacher_targets(self, scores: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``(tokens, K)`` targets of ``(tokens, K)`` teacher scores over the batch of every process."""
+    def _teacher_targets(self, scores: torch.Tensor, features: torch.Tensor, update_codebook: bool) -> torch.Tensor:
+        """``(tokens, K)`` targets of ``(tokens, K)`` teacher scores over the batch of every process.
+        ``update_codebook``: in ``ema_kmeans`` mode and training, these features move the codebook
+        (patch tokens only: [CLS] features are assigned, never clustered)."""
         config = self.config
         if config.clustering == "sinkhorn":
             return sinkhorn_knopp(scores, self.teacher_temperature(), config.sinkhorn_iterations)
-        if self.training:
+        if update_codebook and self.training:
             self._update_kmeans(features)
         codes = features.float() @ self.teacher_head.codebook().float().t()
         return F.one_hot(codes.argmax(dim=-1), config.codebook_size).float()
@@ -485,9 +492,8 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
                 valid = patch_valid if patch_valid is not None else torch.ones(batch_size, num_tokens, dtype=torch.bool, device=device)
                 patch_scores, patch_features = scores[:, 1:], features[:, 1:]
                 target = torch.zeros(batch_size, num_tokens, config.codebook_size, device=device)
-                target[valid] = self._teacher_targets(patch_scores[valid], patch_features[valid])
-                cls_target = sinkhorn_knopp(scores[:, 0], self.teacher_temperature(), config.sinkhorn_iterations) \
-                    if config.clustering == "sinkhorn" else self._teacher_targets(scores[:, 0], features[:, 0])
+                target[valid] = self._teacher_targets(patch_scores[valid], patch_features[valid], update_codebook=True)
+                cls_target = self._teacher_targets(scores[:, 0], features[:, 0], update_codebook=False)
                 if self.training:
                     self._record_health(patch_scores[valid], target[valid])
             student_hidden, _ = self.student(
@@ -551,8 +557,7 @@ class Ecg2TokTokenizerModel(EmaTeacherMixin, Ecg2TokPreTrainedModel):
         (``ema_momentum``, ``code_perplexity``, ``codes_unused_fraction``, ``argmax_sinkhorn_agreement``,
         ``teacher_temperature``), summed over every process."""
         logs = super().post_optimizer_step(step, total_steps)
-        self._total_steps = total_steps
-        self.training_progress.fill_((step + 1) / total_steps)
+        self.training_steps.copy_(torch.tensor([step + 1, total_steps], dtype=self.training_steps.dtype))
         counts, agreement = self._step_code_counts.clone(), self._step_agreement.clone()
         if distributed_world()[1] > 1:
             torch.distributed.all_reduce(counts)
@@ -713,7 +718,6 @@ class Ecg2TokForMaskedSignalModeling(Ecg2TokPreTrainedModel):
         )
         logits = self.lm_head(self.lm_head_layernorm(outputs.last_hidden_state[:, 1:]))
         targets = labels.to(device).long().masked_fill(~bool_masked_pos, IGNORE_INDEX)
-        loss = None
         if bool((targets != IGNORE_INDEX).any()):
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         else:

@@ -285,6 +285,30 @@ def test_ema_kmeans_codebook_initialises_updates_and_restarts_dead_codes():
     after = model.teacher_head.prototypes.detach()
     assert not torch.equal(before, after)
     assert float(model.kmeans_cluster_sizes[0]) > 0  # restarted
+    # [CLS] features are assigned to codes but never move the patch codebook.
+    features = torch.nn.functional.normalize(torch.randn(5, 16), dim=1)
+    before = model.teacher_head.prototypes.detach().clone()
+    targets = model._teacher_targets(features @ model.teacher_head.codebook().t(), features, update_codebook=False)
+    assert torch.equal(model.teacher_head.prototypes.detach(), before) and targets.shape == (5, 16)
+    model._teacher_targets(features @ model.teacher_head.codebook().t(), features, update_codebook=True)
+    assert not torch.equal(model.teacher_head.prototypes.detach(), before)
+
+
+def test_prototypes_get_no_gradient_during_the_freeze_steps_and_the_schedule_survives_save_load(tmp_path):
+    torch.manual_seed(0)
+    model = Ecg2TokTokenizerModel(tiny_ecg2tok_tokenizer_config(prototype_freeze_steps=2)).train()
+    batch = _records(3)
+    grad_norms = []
+    for step in range(3):
+        model.zero_grad()
+        model(batch).loss.backward()
+        grad_norms.append(float(model.student_head.prototypes.grad.abs().sum()))
+        model.post_optimizer_step(step, 10)
+    assert grad_norms[0] == 0.0 and grad_norms[1] == 0.0 and grad_norms[2] > 0.0
+    model.save_pretrained(tmp_path)
+    loaded = Ecg2TokTokenizerModel.from_pretrained(tmp_path)
+    assert loaded.training_progress == pytest.approx(0.3)
+    assert loaded.teacher_temperature() == pytest.approx(model.teacher_temperature())
 
 
 def _scalars(log_dir: Path) -> dict[str, list]:
