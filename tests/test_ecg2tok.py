@@ -400,10 +400,9 @@ def test_tiny_tokenizer_codes_separate_qrs_from_the_isoelectric_baseline(tiny_ec
     codes used. Measured, not asserted: the same architecture at random init gives about 0.14 bits
     too (random prototypes already split high-amplitude from flat patches), so at this size the
     training keeps, and balances, the waveform split rather than creating it."""
+    from ecg_hub import EcgFeatureExtractor
     from ecg_hub.data.synthetic import make_synthetic_dataset
     from ecg_hub.tokens import token_report
-
-    from ecg_hub import EcgFeatureExtractor
 
     records = make_synthetic_dataset(num_records=16, seed=1)  # records the tokenizer never saw
     folder = tiny_ecg2tok_tokenizer / "model"
