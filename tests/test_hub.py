@@ -372,11 +372,8 @@ def test_each_publish_is_one_commit_with_weights_preprocessing_remote_code_and_c
     assert modeling.EcgJepaModel.__dict__.get("_auto_class") is None
 
 
-def test_model_card_parses_and_its_metrics_equal_the_results_json(published, checkpoints):
-    from huggingface_hub import ModelCard
-
-    card = ModelCard.load(REPO_ID)  # README.md at main, over HTTP
-    results = json.loads(checkpoints["results_path"].read_text())
+def _assert_card_metrics_equal_results(card, results: dict) -> None:
+    """Every (protocol and fraction, metric) value of a results JSON is in the card's metadata, and nothing else."""
     parsed = {(r.metric_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     expected = {
         (f"{entry['protocol']}, fraction={entry['fraction']}", metric): value
@@ -384,6 +381,14 @@ def test_model_card_parses_and_its_metrics_equal_the_results_json(published, che
         for metric, value in entry["metrics"].items()
     }
     assert parsed == expected
+
+
+def test_model_card_parses_and_its_metrics_equal_the_results_json(published, checkpoints):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(REPO_ID)  # README.md at main, over HTTP
+    results = json.loads(checkpoints["results_path"].read_text())
+    _assert_card_metrics_equal_results(card, results)
     for result in card.data.eval_results:
         assert (result.dataset_type, result.dataset_config, result.dataset_split) == (
             "synthetic",
@@ -851,13 +856,7 @@ def test_ecg2tok_model_cards_render_for_both_model_types(published, ecg2tok_chec
         return
     # The stage-B card's numbers are the results JSON's, in the metadata and in the table.
     results = json.loads(ecg2tok_checkpoints["results_path"].read_text())
-    parsed = {(r.metric_config, r.metric_type): r.metric_value for r in card.data.eval_results}
-    expected = {
-        (f"{entry['protocol']}, fraction={entry['fraction']}", metric): value
-        for entry in results["results"]
-        for metric, value in entry["metrics"].items()
-    }
-    assert parsed == expected
+    _assert_card_metrics_equal_results(card, results)
     half, full = results["results"]
     low, high = full["metrics_ci95"]["macro_auroc"]
     assert (
