@@ -17,6 +17,6 @@ from .pipelines import register_pipelines  # noqa: E402
 
 register_pipelines()
 
-from .hub import list_pretrained_checkpoints  # noqa: E402
+from .hub import list_checkpoints, list_pretrained_checkpoints  # noqa: E402
 
-__all__ = [*_modeling_all, "__version__", "list_pretrained_checkpoints"]
+__all__ = [*_modeling_all, "__version__", "list_checkpoints", "list_pretrained_checkpoints"]

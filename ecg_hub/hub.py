@@ -11,6 +11,13 @@ A published repo holds everything needed to use the checkpoint:
 - ``README.md``: a model card rendered from ``model_cards/<family>.md`` whose ``model-index``
   metrics are read from the results JSON written by ``ecg-hub evaluate``, never typed by hand.
 
+The project's cardiology text model (family ``cardiology_text``, a plain ``transformers`` masked LM
+such as ``BertForMaskedLM``) is published the same way without remote code: its weights, its
+tokenizer files and a card from ``model_cards/cardiology_text.md`` with the held-out masked-token
+accuracy and perplexity the pretraining run measured before and after (``summary.json``) and the
+corpus it was trained on (``ecg_hub_text_summary.json`` of the recipe's corpus folder). It loads
+with ``AutoModelForMaskedLM`` / ``AutoModel`` / ``AutoTokenizer`` and ``pipeline("fill-mask")``.
+
 Users who ``import ecg_hub`` never run remote code: importing registers every ecg-hub class with
 the Auto classes, and ``transformers`` then prefers the installed code to the repo's copy.
 
@@ -92,7 +99,8 @@ class HubCheckpoint:
     Attributes:
         repo_id: Hub repo id (``"ecg-hub/ecg-jepa-multiblock"``).
         family: model family (``"ecg_jepa"``, ``"etp"``, ...).
-        input_preset: name of the :meth:`EcgFeatureExtractor.from_preset` input contract it expects.
+        input_preset: name of the :meth:`EcgFeatureExtractor.from_preset` input contract it expects
+            (None for the text model).
         architecture: the ``transformers`` class ``from_pretrained`` builds from it.
         description: one line about what it is.
         status: ``published`` (weights on the Hub) or ``planned`` (not uploaded yet).
@@ -100,13 +108,13 @@ class HubCheckpoint:
 
     repo_id: str
     family: str
-    input_preset: str
+    input_preset: str | None
     architecture: str
     description: str
     status: str
 
 
-def list_pretrained_checkpoints(family: str | None = None) -> list[HubCheckpoint]:
+def list_checkpoints(family: str | None = None) -> list[HubCheckpoint]:
     """The checkpoints of the ecg-hub catalogue (optionally of one ``family``), as the families
     declare them, with each one's input preset and status (``planned`` ones are not uploaded yet:
     ``ecg-hub download`` then reports that the repo does not exist)."""
@@ -118,6 +126,10 @@ def list_pretrained_checkpoints(family: str | None = None) -> list[HubCheckpoint
         for f in chosen
         for c in f.checkpoints
     ]
+
+
+#: The catalogue under its first name.
+list_pretrained_checkpoints = list_checkpoints
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,6 +596,10 @@ def export_checkpoint(
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"export folder {output_dir} is not empty; everything in it would be published")
+    if _is_text_checkpoint(model_dir):
+        return _export_text_checkpoint(
+            model_dir, output_dir, repo_id=repo_id, recipe=recipe, license=license, base_model=base_model
+        )
     model, preprocessor, family = _load_checkpoint(model_dir)
     config = model.config
 
@@ -625,13 +641,7 @@ def export_checkpoint(
         encoding="utf-8",
     )
 
-    recipe_path = Path(recipe) if recipe is not None else find_recipe(model_dir)
-    recipe_text = None
-    if recipe_path is not None:
-        if not recipe_path.is_file():
-            raise ValueError(f"recipe {recipe_path}: no such file")
-        recipe_text = recipe_path.read_text(encoding="utf-8")
-        shutil.copyfile(recipe_path, output_dir / "recipe.yaml")
+    recipe_text = _copy_recipe(model_dir, output_dir, recipe)
     card = render_model_card(
         repo_id=repo_id,
         family=family,
@@ -643,12 +653,181 @@ def export_checkpoint(
         base_model=base_model,
     )
     card.save(output_dir / "README.md")
+    return _written_files(model_dir, output_dir)
 
+
+def _copy_recipe(model_dir: Path, output_dir: Path, recipe: str | os.PathLike | None) -> str | None:
+    """Copy the training recipe (``recipe``, else :func:`find_recipe`) as ``recipe.yaml``; its text."""
+    recipe_path = Path(recipe) if recipe is not None else find_recipe(model_dir)
+    if recipe_path is None:
+        return None
+    if not recipe_path.is_file():
+        raise ValueError(f"recipe {recipe_path}: no such file")
+    shutil.copyfile(recipe_path, output_dir / "recipe.yaml")
+    return recipe_path.read_text(encoding="utf-8")
+
+
+def _written_files(model_dir: Path, output_dir: Path) -> list[str]:
+    """The exported files, relative and sorted; refuses any pickled weight file."""
     written = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("*") if p.is_file())
     unsafe = [p for p in written if any(Path(p).match(pattern) for pattern in UNSAFE_WEIGHT_PATTERNS)]
     if unsafe:  # save_pretrained only writes safetensors; this guards against a future change
         raise RuntimeError(f"export of {model_dir} produced non-safetensors weight files {unsafe}")
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# The cardiology text model (a plain transformers masked LM, no remote code)
+# --------------------------------------------------------------------------------------------
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def _is_text_checkpoint(model_dir: Path) -> bool:
+    """A folder holding a transformers masked LM (not an ecg-hub model type) and its tokenizer."""
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        return False
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    from .modeling.registry import family_of_model_type
+
+    if family_of_model_type(str(config.get("model_type"))) is not None:
+        return False
+    architectures = config.get("architectures") or []
+    return bool(architectures) and str(architectures[0]).endswith("ForMaskedLM")
+
+
+def _run_summary(model_dir: Path) -> dict[str, Any] | None:
+    """``summary.json`` of the pretraining run a ``model`` folder came from, if there is one."""
+    for candidate in (model_dir / "summary.json", model_dir.resolve().parent / "summary.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    return None
+
+
+def _recipe_corpus_summary(recipe_text: str | None) -> dict[str, Any] | None:
+    """The ``ecg-hub text prepare`` summary of the corpus folder the recipe's dataset reads."""
+    if recipe_text is None:
+        return None
+    import yaml
+
+    dataset = (yaml.safe_load(recipe_text) or {}).get("dataset") or {}
+    path = dataset.get("path") if isinstance(dataset, Mapping) else None
+    summary_path = Path(str(path)) / "ecg_hub_text_summary.json" if path else None
+    if summary_path is None or not summary_path.is_file():
+        return None
+    return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _recipe_base_model(recipe_text: str | None) -> str | None:
+    """The Hub id the recipe's model started from (``pretrained_model_name_or_path`` as a string)."""
+    if recipe_text is None:
+        return None
+    import yaml
+
+    model = (yaml.safe_load(recipe_text) or {}).get("model") or {}
+    start = model.get("pretrained_model_name_or_path") if isinstance(model, Mapping) else None
+    return start if isinstance(start, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", start) else None
+
+
+def _held_out_markdown(summary: Mapping[str, Any] | None) -> str:
+    evaluation = (summary or {}).get("evaluation") or {}
+    initial, final = evaluation.get("initial"), evaluation.get("final")
+    if not initial or not final or "perplexity" not in final:
+        return (
+            "No held-out evaluation was recorded with this checkpoint (the pretraining run had no "
+            "`evaluation.split`)."
+        )
+    rows = [
+        "| | before pretraining (step 0) | after (step {}) |".format(final["step"]),
+        "|---|---|---|",
+        f"| Masked-token accuracy | {initial['masked_accuracy']:.4f} | {final['masked_accuracy']:.4f} |",
+        f"| Perplexity | {initial['perplexity']:.2f} | {final['perplexity']:.2f} |",
+        f"| Held-out sequences / scored tokens | {initial['examples']:.0f} / {initial['scored_positions']:.0f} | "
+        f"{final['examples']:.0f} / {final['scored_positions']:.0f} |",
+    ]
+    return (
+        f"Measured by the pretraining loop on the corpus's `{evaluation.get('split')}` split (documents held out "
+        "from training), with the same masks before and after:\n\n" + "\n".join(rows)
+    )
+
+
+def _corpus_markdown(corpus: Mapping[str, Any] | None) -> str:
+    if corpus is None:
+        return "The corpus summary was not found (the recipe's dataset folder has no `ecg_hub_text_summary.json`)."
+    lines = ["| Source | Kind | Documents kept |", "|---|---|---|"]
+    for source in corpus.get("sources", []):
+        lines.append(f"| {source.get('source', source.get('path', '?'))} | {source.get('kind', '?')} | {source.get('documents', '?')} |")
+    facts = [
+        f"Documents: {corpus.get('documents')}, chunks: {corpus.get('chunks')}, tokens: {corpus.get('tokens')}.",
+        f"Licence of the corpus: {corpus.get('licence') or 'not recorded'}.",
+    ]
+    if corpus.get("ecg_splits") is not None:
+        facts.append(f"Reports of prepared ECG datasets were read from the splits {corpus.get('ecg_splits')} only.")
+    return "\n".join(lines) + "\n\n" + " ".join(facts)
+
+
+def _export_text_checkpoint(
+    model_dir: Path,
+    output_dir: Path,
+    *,
+    repo_id: str,
+    recipe: str | os.PathLike | None,
+    license: str,
+    base_model: str | None,
+) -> list[str]:
+    """`export_checkpoint` for the cardiology text model: weights, tokenizer, recipe, card."""
+    from huggingface_hub import ModelCard, ModelCardData
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from .modeling.registry import text_family
+
+    if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+        raise ValueError(f"checkpoint {model_dir}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); a text model travels with its tokenizer")
+    if not sorted(model_dir.glob("*.safetensors")):
+        raise ValueError(f"checkpoint {model_dir}: no *.safetensors weights")
+    model, info = AutoModelForMaskedLM.from_pretrained(model_dir, use_safetensors=True, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"checkpoint {model_dir}: weights do not match {type(model).__name__}: {problems}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(
+            f"checkpoint {model_dir}: the tokenizer has {len(tokenizer)} tokens but config.vocab_size is "
+            f"{model.config.vocab_size}"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    recipe_text = _copy_recipe(model_dir, output_dir, recipe)
+    family = text_family()
+    base_model = base_model or _recipe_base_model(recipe_text)
+    card_data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        tags=["ecg-hub", "cardiology", "ecg", "clinical-text", "fill-mask"],
+        pipeline_tag="fill-mask",
+        base_model=base_model,
+        model_name=repo_id.split("/")[-1],
+    )
+    template = (importlib.resources.files("ecg_hub.model_cards") / family.model_card).read_text(encoding="utf-8")
+    card = ModelCard.from_template(
+        card_data,
+        template_str=template,
+        repo_id=repo_id,
+        model_class=type(model).__name__,
+        model_type=model.config.model_type,
+        base_model=base_model,
+        paper=family.paper,
+        mask_token=tokenizer.mask_token,
+        architecture_section=_architecture_markdown(model),
+        held_out_section=_held_out_markdown(_run_summary(model_dir)),
+        corpus_section=_corpus_markdown(_recipe_corpus_summary(recipe_text)),
+        training_section=_training_markdown(recipe_text),
+        license_id=license,
+    )
+    card.save(output_dir / "README.md")
+    return _written_files(model_dir, output_dir)
 
 
 # --------------------------------------------------------------------------------------------

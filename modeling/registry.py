@@ -27,7 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: The configuration modules that declare a ``FAMILY``, in catalogue order.
-FAMILY_MODULES: tuple[str, ...] = ("configuration_ecg_jepa", "configuration_etp", "configuration_ecg2tok")
+FAMILY_MODULES: tuple[str, ...] = (
+    "configuration_ecg_jepa",
+    "configuration_etp",
+    "configuration_ecg2tok",
+    "configuration_cardiology_text",
+)
+
+#: Family kinds: ``ecg`` (ecg-hub's own model types, registered with the Auto classes, remote code on
+#: the Hub) and ``text`` (a text model of a standard transformers architecture that ecg-hub trains and
+#: publishes, e.g. a masked-LM BERT: no model types of its own, no remote code).
+FAMILY_KINDS = ("ecg", "text")
 
 #: Auto classes a family may map model classes to (``ModelType.models`` keys).
 AUTO_MODEL_CLASSES: tuple[str, ...] = (
@@ -65,14 +75,14 @@ class CheckpointEntry:
     Attributes:
         repo_id: Hub repo id (``"ecg-hub/ecg-jepa-multiblock"``).
         architecture: the class ``from_pretrained`` builds from it.
-        input_preset: the `input_preset` name of the input it expects.
+        input_preset: the `input_preset` name of the ECG input it expects (None for a text model).
         description: one line about what it is.
         status: ``published`` or ``planned`` (see :data:`CHECKPOINT_STATUSES`).
     """
 
     repo_id: str
     architecture: str
-    input_preset: str
+    input_preset: str | None
     description: str
     status: str = "planned"
 
@@ -90,6 +100,7 @@ class ModelFamily:
         model_card: template file name in ``model_cards/``.
         pipelines: ``transformers.pipeline`` tasks its models serve.
         checkpoints: its catalogue entries.
+        kind: ``ecg`` or ``text`` (see :data:`FAMILY_KINDS`).
     """
 
     name: str
@@ -100,11 +111,18 @@ class ModelFamily:
     model_card: str = ""
     pipelines: tuple[str, ...] = ()
     checkpoints: tuple[CheckpointEntry, ...] = ()
+    kind: str = "ecg"
 
     def __post_init__(self):
+        if self.kind not in FAMILY_KINDS:
+            raise ValueError(f"family {self.name}: kind {self.kind!r} is not one of {FAMILY_KINDS}")
+        if self.kind == "text" and (self.model_types or self.input_presets):
+            raise ValueError(f"family {self.name}: a text family uses transformers' own model types and no ECG input")
         for entry in self.checkpoints:
             if entry.status not in CHECKPOINT_STATUSES:
                 raise ValueError(f"family {self.name}: checkpoint {entry.repo_id} has status {entry.status!r}")
+            if (entry.input_preset is None) != (self.kind == "text"):
+                raise ValueError(f"family {self.name}: checkpoint {entry.repo_id} needs an input preset iff it is an ECG model")
         for model_type, spec in self.model_types.items():
             unknown = set(spec.models) - set(AUTO_MODEL_CLASSES)
             if unknown:
@@ -140,6 +158,14 @@ def get_family(name: str) -> ModelFamily:
     if name not in known:
         raise ValueError(f"unknown model family {name!r}; known families: {sorted(known)}")
     return known[name]
+
+
+def text_family() -> ModelFamily:
+    """The family of the project's text model (the one family of kind ``text``)."""
+    found = [family for family in families().values() if family.kind == "text"]
+    if len(found) != 1:
+        raise ValueError(f"expected one text family, found {[f.name for f in found]}")
+    return found[0]
 
 
 def family_of_model_type(model_type: str) -> ModelFamily | None:
@@ -193,6 +219,7 @@ def register_families() -> None:
 __all__ = [
     "AUTO_MODEL_CLASSES",
     "CHECKPOINT_STATUSES",
+    "FAMILY_KINDS",
     "FAMILY_MODULES",
     "CheckpointEntry",
     "ModelFamily",
@@ -204,4 +231,5 @@ __all__ = [
     "input_presets",
     "register_families",
     "resolve_class",
+    "text_family",
 ]

@@ -26,9 +26,9 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -50,6 +50,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def hub_server():
+    """The loopback Hub-API server (tests/hub_server.py) on the port HF_ENDPOINT names, for the session."""
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants
+    from hub_server import HubServer
+
+    endpoint = os.environ["HF_ENDPOINT"]
+    if huggingface_hub.constants.ENDPOINT != endpoint:  # imported before this file set it: unsafe
+        pytest.fail(f"huggingface_hub uses {huggingface_hub.constants.ENDPOINT}, not the test server {endpoint}")
+    with HubServer(port=urlparse(endpoint).port) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two (no
@@ -69,6 +84,7 @@ def tiny_ecg2tok_tokenizer(tmp_path_factory) -> Path:
     ``recipes/ecg2tok/tokenizer_tiny.yaml`` through ``pretrain()`` (synthetic ECGs, ~20 s on 2 cores):
     ``<dir>/model`` (save_pretrained + preprocessor_config.json) and ``<dir>/summary.json``."""
     import torch
+
     from ecg_hub.recipe import load_recipe
     from ecg_hub.training.pretrain import PretrainRecipe, pretrain
 

@@ -23,7 +23,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -55,20 +54,6 @@ SIGNAL_RATE = 500  # Hz of the raw test signal; the extractor resamples it to th
 # --------------------------------------------------------------------------------------------
 # Fixtures: server, tiny ECG-JEPA checkpoints, results JSON, published repo
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def hub_server():
-    """The loopback Hub server on the port conftest.py put in HF_ENDPOINT."""
-    import huggingface_hub.constants
-
-    endpoint = os.environ["HF_ENDPOINT"]
-    if huggingface_hub.constants.ENDPOINT != endpoint:  # imported before conftest set it: unsafe
-        pytest.fail(
-            f"huggingface_hub uses {huggingface_hub.constants.ENDPOINT}, not the test server {endpoint}"
-        )
-    with HubServer(port=urlparse(endpoint).port) as server:
-        yield server
 
 
 def _tiny_jepa(seed: int):

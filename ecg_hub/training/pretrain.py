@@ -31,6 +31,16 @@ Features
   weights as an uninterrupted run: the epoch's permutation is a function of ``(seed, epoch)``, the
   sampler restarts at the saved batch, collator randomness is keyed by batch, and the model's
   random stream (masks, drop-path) is restored.
+- **Held-out evaluation.** With ``evaluation.split`` set, the model's loss (and, for masked
+  prediction, masked-token accuracy and perplexity) on that split before the first step, every
+  ``evaluation.every_steps`` and at the end, with the same masks every time
+  (:mod:`ecg_hub.training.held_out`); logged as ``eval/*``, kept in ``evaluation.json`` and the
+  summary's ``evaluation`` (``initial``, ``final``, ``history``).
+- **Text models.** The same loop pretrains a text tower by masked language modelling: the
+  preprocessor is the tokenizer, the collator ``MaskedTextCollator``
+  (``DataCollatorForLanguageModeling`` inside), the model any ``AutoModelForMaskedLM``
+  (``recipes/text/cardiology_mlm_*.yaml``). The tokenizer must fit the model's vocabulary and the
+  collator's ``max_length`` its position table.
 - **Outputs.** ``<output_dir>/model``: ``save_pretrained`` of the model and its feature extractor
   (safetensors, ready for ``from_pretrained`` and the Hub); ``recipe.yaml`` (the resolved
   recipe); ``summary.json``; tracker logs under ``<output_dir>/logs`` (TensorBoard by default,
@@ -71,6 +81,7 @@ from .checkpointing import (
     write_json_atomic,
 )
 from .dataloading import build_train_dataloader
+from .held_out import EvaluationSettings, HeldOutEvaluator
 from .optim import DEFAULT_NO_DECAY_NAMES, build_param_groups
 from .throughput import (
     FlopCounter,
@@ -82,6 +93,7 @@ from .throughput import (
 
 __all__ = [
     "DataSettings",
+    "EvaluationSettings",
     "PretrainRecipe",
     "PretrainResult",
     "PretrainingModel",
@@ -231,7 +243,8 @@ class PretrainRecipe:
 
     - ``model``: the model to pretrain (``...ForPreTraining``), usually built from a config node;
     - ``preprocessor``: the model's input contract, saved with the model: its ``EcgFeatureExtractor``,
-      or for ECG-text models the processor (feature extractor + tokenizer);
+      for ECG-text models the processor (feature extractor + tokenizer), for a text model (masked-LM
+      pretraining of a text tower) its tokenizer;
     - ``dataset``: a ``datasets.Dataset`` / ``DatasetDict`` / ``IterableDataset`` factory;
     - ``collator``: rows -> model inputs; gets the preprocessor as ``feature_extractor=`` from the loop
       (default ``EcgCollator(training=True)``);
@@ -256,6 +269,7 @@ class PretrainRecipe:
     optimizer: Component
     lr_scheduler: Component
     data: DataSettings = field(default_factory=DataSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     training: TrainingSettings
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
@@ -316,18 +330,20 @@ def _make_accelerator(recipe: PretrainRecipe):
     return accelerator
 
 
-def _load_dataset(recipe: PretrainRecipe):
-    """The recipe's dataset, restricted to ``data.split`` and ``data.columns``, with signals read as
-    NumPy arrays; an ``IterableDataset`` when ``data.streaming`` is set."""
+def _load_dataset(recipe: PretrainRecipe, dataset: Any = None, split: str | None = None, held_out: bool = False):
+    """The recipe's dataset (``dataset``: the one already built), restricted to ``split`` (default
+    ``data.split``) and ``data.columns``, with signals read as NumPy arrays; an ``IterableDataset``
+    when ``data.streaming`` is set (never for the ``held_out`` split)."""
     import datasets
 
-    dataset = instantiate(recipe.dataset)
-    split = recipe.data.split
+    dataset = instantiate(recipe.dataset) if dataset is None else dataset
+    split = split if held_out else recipe.data.split
+    key = "evaluation.split" if held_out else "data.split"
     if split is not None:
         try:
             dataset = dataset_split(dataset, split, keep_in_memory=True)
         except ValueError as error:
-            raise ValueError(f"{error}; set data.split to one of its splits, or data.split: null for every row") from None
+            raise ValueError(f"{error}; set {key} to one of its splits" + ("" if held_out else ", or data.split: null for every row")) from None
     elif isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise ValueError(f"dataset: a DatasetDict with splits {list(dataset)}; set data.split to one of them")
     if recipe.data.columns is not None:
@@ -335,12 +351,14 @@ def _load_dataset(recipe: PretrainRecipe):
     if isinstance(dataset, datasets.Dataset):
         if len(dataset) == 0:
             raise ValueError(f"dataset: no rows in split {split!r}")
-        if recipe.data.streaming:
+        if recipe.data.streaming and not held_out:
             dataset = dataset.to_iterable_dataset(num_shards=min(recipe.data.num_shards, len(dataset)))
         elif "signal" in dataset.column_names:
             # Signals as NumPy arrays (one copy out of Arrow) rather than nested Python lists.
             return dataset.with_format("numpy", columns=["signal"], output_all_columns=True)
     if isinstance(dataset, datasets.IterableDataset):
+        if held_out:
+            raise ValueError("evaluation.split needs a map-style dataset (it is evaluated in full, in order)")
         dataset = dataset.with_format("numpy")
     return dataset
 
@@ -355,10 +373,61 @@ def _input_contract(model: torch.nn.Module) -> tuple[str, Any]:
     return "model.config", config
 
 
-def _check_inputs_match(model: torch.nn.Module, preprocessor: Any) -> None:
+def _is_tokenizer(preprocessor: Any) -> bool:
+    from transformers import PreTrainedTokenizerBase
+
+    return isinstance(preprocessor, PreTrainedTokenizerBase)
+
+
+def _saved_tokenizer_vocabulary(model: torch.nn.Module) -> tuple[str, dict[str, int]] | None:
+    """``(folder, vocabulary)`` of the tokenizer saved beside a model loaded from a local folder."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    if not folder.is_dir() or not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        return None
+    from transformers import AutoTokenizer
+
+    return str(folder), AutoTokenizer.from_pretrained(folder).get_vocab()
+
+
+def _check_text_inputs_match(model: torch.nn.Module, tokenizer: Any, collator: Any) -> None:
+    """A text model's tokenizer must index the model's embedding table, and the collator must not
+    produce sequences longer than the model's position table. A model loaded from a local folder
+    that also holds a tokenizer must be trained with that tokenizer's vocabulary."""
+    config = getattr(model, "config", None)
+    vocab_size = getattr(config, "vocab_size", None)
+    if vocab_size is None:
+        raise ValueError(f"the preprocessor is a tokenizer but {type(model).__name__}.config has no vocab_size")
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"tokenizer/model vocabulary mismatch: the tokenizer ({type(tokenizer).__name__}) has {len(tokenizer)} "
+            f"tokens but model.config.vocab_size is {vocab_size}; ids >= {vocab_size} would index past the "
+            "embedding table (train with the model's own tokenizer, or resize the embeddings first)"
+        )
+    saved = _saved_tokenizer_vocabulary(model)
+    if saved is not None and saved[1] != tokenizer.get_vocab():
+        raise ValueError(
+            f"tokenizer/model vocabulary mismatch: the model was loaded from {saved[0]}, whose tokenizer has a "
+            f"different vocabulary ({len(saved[1])} tokens) than the recipe's preprocessor ({len(tokenizer)} tokens); "
+            "use the tokenizer saved with the model"
+        )
+    positions = getattr(config, "max_position_embeddings", None)
+    max_length = getattr(collator, "max_length", None)
+    if positions is not None and max_length is not None and max_length > positions:
+        raise ValueError(
+            f"the collator's max_length is {max_length} tokens but model.config.max_position_embeddings is "
+            f"{positions}: longer sequences have no position embedding; set collator.max_length <= {positions}"
+        )
+
+
+def _check_inputs_match(model: torch.nn.Module, preprocessor: Any, collator: Any = None) -> None:
     """The feature extractor (a processor's, for ECG-text models) must produce what the model was
     configured for: sampling rate, leads in order, and no more samples than the model takes.
-    Fewer than two comparable fields is an error: the check must never pass silently."""
+    Fewer than two comparable fields is an error: the check must never pass silently. A tokenizer
+    (masked-LM pretraining of a text model) is checked against the vocabulary and position tables
+    instead (`_check_text_inputs_match`)."""
+    if _is_tokenizer(preprocessor):
+        _check_text_inputs_match(model, preprocessor, collator)
+        return
     feature_extractor = getattr(preprocessor, "feature_extractor", preprocessor)
     where, config = _input_contract(model)
     checks = (("sampling_rate", "sampling_rate"), ("lead_names", "leads"), ("num_samples", "num_samples"))
@@ -405,6 +474,8 @@ def _tokens_in_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
         return int(model.num_input_tokens(**batch))
     patch_size = getattr(getattr(model, "config", None), "patch_size", None)
     values = batch.get("input_values")
+    if values is None and torch.is_tensor(batch.get("attention_mask")):  # text: non-padding tokens
+        return int(batch["attention_mask"].sum())
     if isinstance(patch_size, int) and values is not None and values.ndim == 3:
         return int(values.shape[0] * values.shape[1] * (values.shape[2] // patch_size))
     return None
@@ -646,6 +717,7 @@ class _Run:
     resume_from: Path | None
     output_dir: Path
     checkpoints_dir: Path
+    evaluator: HeldOutEvaluator | None = None
 
 
 def _resume_source(training: TrainingSettings, checkpoints_dir: Path) -> Path | None:
@@ -682,15 +754,25 @@ def _set_up(recipe: PretrainRecipe) -> _Run:
     set_seed(recipe.seed)
     model = instantiate(recipe.model)
     feature_extractor = instantiate(recipe.preprocessor)
-    _check_inputs_match(model, feature_extractor)
     collator = instantiate(recipe.collator, feature_extractor=feature_extractor)
+    _check_inputs_match(model, feature_extractor, collator)
     if training.gradient_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
         model.gradient_checkpointing_enable()
 
+    full_dataset = instantiate(recipe.dataset)
+    evaluator = None
+    if recipe.evaluation.split is not None:
+        evaluator = HeldOutEvaluator(
+            recipe.evaluation,
+            _load_dataset(recipe, full_dataset, recipe.evaluation.split, held_out=True),
+            collator,
+            data.batch_size,
+            accelerator,
+        )
     loader = build_train_dataloader(
-        _load_dataset(recipe),
+        _load_dataset(recipe, full_dataset),
         collator,
         data.batch_size,
         num_replicas=accelerator.num_processes,
@@ -755,6 +837,7 @@ def _set_up(recipe: PretrainRecipe) -> _Run:
         resume_from=resume_from,
         output_dir=output_dir,
         checkpoints_dir=checkpoints_dir,
+        evaluator=evaluator,
     )
 
 
@@ -779,6 +862,30 @@ def _train_micro_batch(run: _Run, batch: dict[str, Any], meter: ThroughputMeter,
         run.optimizer.zero_grad(set_to_none=True)
     run.progress.examples += local_examples
     return loss, losses, grad_norm, lr
+
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def _evaluate(run: _Run, history: list[dict[str, float]]) -> None:
+    """Evaluate on the held-out split, log ``eval/*`` and append to ``history`` (saved atomically as
+    ``<output_dir>/evaluation.json``, which a resumed run continues)."""
+    metrics = run.evaluator.evaluate(run.model)
+    step = run.progress.step
+    run.accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=step)
+    history.append({"step": step, **metrics})
+    if run.accelerator.is_main_process:
+        write_json_atomic(run.output_dir / EVALUATION_FILE, history, sort_keys=True)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "examples")
+        run.accelerator.print(f"held-out evaluation at step {step}: {shown}")
+
+
+def _evaluation_history(run: _Run) -> list[dict[str, float]]:
+    """The evaluations of the run so far (a resumed run keeps those before its checkpoint)."""
+    path = run.output_dir / EVALUATION_FILE
+    if run.resume_from is None or not path.is_file():
+        return []
+    return [entry for entry in json.loads(path.read_text(encoding="utf-8")) if entry["step"] <= run.progress.step]
 
 
 def _summarise(run: _Run, meter: ThroughputMeter, peak_tflops: float | None, final: dict[str, Any]) -> dict[str, Any]:
@@ -855,6 +962,9 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     last_checkpoint_step = progress.step if run.resume_from is not None else -1
     checked_keys = False
     batch = loss = losses = None
+    evaluations = _evaluation_history(run) if run.evaluator is not None else []
+    if run.evaluator is not None and not evaluations:
+        _evaluate(run, evaluations)  # the starting point, before any optimizer step
 
     run.model.train()
     batches = _micro_batches(run.loader, progress)
@@ -905,6 +1015,9 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
             )
             last_loss, last_losses = mean_loss, mean_terms
 
+        every = recipe.evaluation.every_steps
+        if run.evaluator is not None and ((every and step % every == 0) or step == run.total_steps):
+            _evaluate(run, evaluations)
         if (training.checkpoint_every_steps and step % training.checkpoint_every_steps == 0) or step == run.stop_at:
             save_checkpoint(accelerator, run.checkpoints_dir, progress, training.keep_last_checkpoints)
             last_checkpoint_step = step
@@ -927,6 +1040,14 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
             "final_losses": last_losses,
             "stopped_early": stopped_early,
             "model_dir": None if stopped_early else str(model_dir),
+            "evaluation": {
+                "split": recipe.evaluation.split,
+                "initial": evaluations[0] if evaluations else None,
+                "final": evaluations[-1] if evaluations else None,
+                "history": evaluations,
+            }
+            if run.evaluator is not None
+            else None,
         },
     )
     if accelerator.is_main_process:
