@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "evaluate",
     "tokens",
     "tokenize",
+    "text",
 ]
 
 

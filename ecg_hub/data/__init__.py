@@ -4,6 +4,8 @@ Every dataset is a Hugging Face ``datasets.Dataset`` (Arrow, memory-mapped after
 with the columns ``signal`` (float32, ``(leads, samples)``, mV), ``sampling_rate`` (Hz), ``leads``,
 ``record_id``, ``patient_id``, label columns (``Sequence(ClassLabel)`` of positive class indices),
 ``report`` where the source has one, and ``split`` (train/validation/test) / ``fold`` where present.
+Text corpora for the cardiology text model (:func:`prepare_text_corpus`, ``ecg-hub text prepare``)
+are datasets of report and description chunks instead.
 
 Sources: :func:`prepare_ptbxl`, :func:`prepare_cinc` (PhysioNet/CinC 2020-21 WFDB + SPH HDF5),
 :func:`prepare_code15`, :func:`prepare_folder` (your WFDB records + a labels CSV),
@@ -47,6 +49,7 @@ from .records import (
 )
 from .splits import dataset_split, split_dataset
 from .synthetic import RHYTHMS, SyntheticEcg, make_synthetic_dataset, prepare_synthetic, synthesize_ecg
+from .text_corpus import load_text_corpus, load_text_summary, prepare_text_corpus
 
 __all__ = [
     "MERL_TASKS",
@@ -63,11 +66,14 @@ __all__ = [
     "aggregate_scp_codes",
     "assign_random_split",
     "build_dataset",
+    "dataset_split",
     "label_columns",
     "label_counts",
     "label_feature",
     "label_names",
     "load_summary",
+    "load_text_corpus",
+    "load_text_summary",
     "make_record",
     "make_synthetic_dataset",
     "multi_hot",
@@ -77,6 +83,7 @@ __all__ = [
     "prepare_folder",
     "prepare_ptbxl",
     "prepare_synthetic",
+    "prepare_text_corpus",
     "ptbxl_class_names",
     "read_code15_mat",
     "read_hdf5_record",
@@ -85,7 +92,6 @@ __all__ = [
     "read_wfdb_record",
     "record_features",
     "signal_feature",
-    "dataset_split",
     "split_dataset",
     "synthesize_ecg",
     "validate_signal",
