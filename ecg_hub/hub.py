@@ -739,12 +739,14 @@ def _held_out_markdown(summary: Mapping[str, Any] | None) -> str:
             "`evaluation.split`)."
         )
     rows = [
-        "| | before pretraining (step 0) | after (step {}) |".format(final["step"]),
+        f"| | before pretraining (step 0) | after (step {final['step']}) |",
         "|---|---|---|",
         f"| Masked-token accuracy | {initial['masked_accuracy']:.4f} | {final['masked_accuracy']:.4f} |",
         f"| Perplexity | {initial['perplexity']:.2f} | {final['perplexity']:.2f} |",
-        f"| Held-out sequences / scored tokens | {initial['examples']:.0f} / {initial['scored_positions']:.0f} | "
-        f"{final['examples']:.0f} / {final['scored_positions']:.0f} |",
+        (
+            f"| Held-out sequences / scored tokens | {initial['examples']:.0f} / {initial['scored_positions']:.0f} | "
+            f"{final['examples']:.0f} / {final['scored_positions']:.0f} |"
+        ),
     ]
     return (
         f"Measured by the pretraining loop on the corpus's `{evaluation.get('split')}` split (documents held out "

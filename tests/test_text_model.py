@@ -17,6 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CINC_DIAGNOSES = "cinc2021_sample/scored_diagnoses_2021.csv:Dx"
 TEXT_REPO_ID = "ecg-hub-test/cardiology-bert-tiny"
+CORPUS_LICENCE = "PTB-XL reports CC-BY-4.0; CKEPE prompts and CinC mapping MIT"
 
 
 def _reset_accelerate() -> None:
@@ -57,6 +58,7 @@ def corpus(shared_data, tmp_path_factory) -> Path:
         max_length=128,
         min_words=1,
         validation_fraction=0.15,
+        licence=CORPUS_LICENCE,
     )
     return root / "corpus"
 
@@ -281,12 +283,12 @@ json.dump(report, open(args["out"] + "/report.json", "w"))
 
 
 def test_publish_then_load_by_repo_id_in_a_fresh_process(hub_server, tiny_run, tmp_path):
+    from ecg_hub.modeling.leads import STANDARD_LEADS
     from huggingface_hub import HfApi, ModelCard
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from ecg_hub.hub import publish
-    from ecg_hub.modeling.leads import STANDARD_LEADS
 
     summary, output_dir = tiny_run
     model_dir = output_dir / "model"
@@ -303,6 +305,8 @@ def test_publish_then_load_by_repo_id_in_a_fresh_process(hub_server, tiny_run, t
     for value in (initial["masked_accuracy"], final["masked_accuracy"]):
         assert f"{value:.4f}" in card.text
     assert f"{final['perplexity']:.2f}" in card.text and "ecg:ptbxl" in card.text
+    assert CORPUS_LICENCE in card.text
+    assert "{{" not in card.text and "{%" not in card.text and "not recorded" not in card.text
 
     texts = ["sinusrhythmus normales ekg", "vorhofflimmern mit schneller ueberleitung"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -324,7 +328,7 @@ def test_publish_then_load_by_repo_id_in_a_fresh_process(hub_server, tiny_run, t
     }
     process = subprocess.run(
         [sys.executable, str(workdir / "child.py"), json.dumps(args)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-6000:]
     report = json.loads((workdir / "report.json").read_text())
@@ -337,8 +341,9 @@ def test_publish_then_load_by_repo_id_in_a_fresh_process(hub_server, tiny_run, t
 
 
 def test_catalogue_lists_the_text_model_as_planned():
-    import ecg_hub
     from ecg_hub.modeling.configuration_cardiology_text import CARDIOLOGY_TEXT_REPO_ID
+
+    import ecg_hub
 
     entries = [c for c in ecg_hub.list_checkpoints() if c.family == "cardiology_text"]
     assert [(c.repo_id, c.architecture, c.input_preset, c.status) for c in entries] == [

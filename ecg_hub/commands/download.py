@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         for checkpoint in list_pretrained_checkpoints():
             print(
-                f"{checkpoint.repo_id}\t{checkpoint.family}\t{checkpoint.input_preset}\t{checkpoint.status}\t"
+                f"{checkpoint.repo_id}\t{checkpoint.family}\t{checkpoint.input_preset or '(text)'}\t{checkpoint.status}\t"
                 f"{checkpoint.description}"
             )
         return 0

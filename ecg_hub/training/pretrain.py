@@ -818,7 +818,7 @@ def _set_up(recipe: PretrainRecipe) -> _Run:
     accelerator.print(
         f"pretraining {type(unwrapped).__name__}: {trainable:,} trainable parameters ({decayed:,} with weight decay), "
         f"{total_steps:,} optimizer steps of {data.batch_size * training.gradient_accumulation_steps * accelerator.num_processes} "
-        f"ECGs, {accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}"
+        f"{'sequences' if _is_tokenizer(feature_extractor) else 'ECGs'}, {accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {accelerator.mixed_precision}"
     )
     start_step = progress.step
     stop_at = min(total_steps, start_step + training.stop_after_steps) if training.stop_after_steps else total_steps
