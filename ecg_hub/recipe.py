@@ -31,12 +31,24 @@ path. Overrides (``a.b=1``) are parsed as YAML, so ``training.max_steps=10`` is 
 value ``${a.b}`` is replaced by the value at ``a.b`` (after overrides); ``"${output_dir}/logs"``
 substitutes text.
 
+**Recipes are data unless trusted.** A recipe may name only components inside
+:data:`ALLOWED_COMPONENT_PREFIXES` (ecg-hub's model, data, training and evaluation code,
+``torch.optim`` / ``torch.nn``, ``transformers``, ``datasets``), checked on the dotted string
+before anything is imported, on every module the path walks through, and on the module that
+defines the object it reaches (so ``ecg_hub.data.ptbxl.os.system`` is refused too); and it may not
+set ``trust_remote_code: true``. ``load_recipe(..., trust=True)`` (``--trust-recipe`` on the
+command line) lifts both rules, for recipes you wrote or read. This holds for packaged recipes,
+files, overrides and recipes published next to a checkpoint alike: YAML is read with a safe loader
+(no ``!!python`` tags), and interpolation only copies values.
+
 YAML 1.1 (PyYAML) reads ``1e-6`` as a string; recipes are read with the YAML 1.2 float rule, so
 ``1e-6`` is the float 1e-06 here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -55,6 +67,7 @@ import yaml
 from .utils import explicit_parameters
 
 __all__ = [
+    "ALLOWED_COMPONENT_PREFIXES",
     "COMPONENT_KEY",
     "RECIPE_SCHEMAS",
     "Component",
@@ -87,6 +100,62 @@ RECIPE_SCHEMAS: dict[str, str] = {
 
 class RecipeError(ValueError):
     """A recipe (or an override) is invalid. The message names the file and the full key path."""
+
+
+#: Dotted-path prefixes a recipe may name without ``trust=True`` (``--trust-recipe``).
+ALLOWED_COMPONENT_PREFIXES: tuple[str, ...] = (
+    "ecg_hub.modeling.",
+    "ecg_hub.data.",
+    "ecg_hub.training.",
+    "ecg_hub.evaluation.",
+    "ecg_hub.loading.",
+    "torch.optim.",
+    "torch.nn.",
+    "transformers.",
+    "datasets.",
+)
+#: Inside the allowed prefixes, what still runs programs, loads code or starts servers.
+REFUSED_COMPONENT_PREFIXES: tuple[str, ...] = (
+    "transformers.commands.",
+    "transformers.dynamic_module_utils.",
+    "transformers.utils.",
+    "transformers.integrations.",
+    "datasets.commands.",
+)
+TRUST_FLAG = "--trust-recipe"
+
+# Set by load_recipe(trust=...) while it validates: whether the allow-list applies.
+_TRUSTED = contextvars.ContextVar("ecg_hub_recipe_trusted", default=True)
+
+
+@contextlib.contextmanager
+def _trust(trusted: bool):
+    token = _TRUSTED.set(trusted)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _is_allowed_name(name: str) -> bool:
+    name = name + "."
+    return name.startswith(ALLOWED_COMPONENT_PREFIXES) and not name.startswith(REFUSED_COMPONENT_PREFIXES)
+
+
+def _refusal(dotted: str, why: str) -> ImportError:
+    return ImportError(
+        f"{dotted!r} {why}; an untrusted recipe may name only {', '.join(p + '*' for p in ALLOWED_COMPONENT_PREFIXES)} "
+        f"(not {', '.join(p + '*' for p in REFUSED_COMPONENT_PREFIXES)}). If you trust this recipe, pass {TRUST_FLAG}"
+    )
+
+
+def _defining_module(obj: Any) -> str | None:
+    """The module that defines ``obj`` (a function's or class's ``__module__``; a bound method's function's)."""
+    if inspect.ismodule(obj):
+        return obj.__name__
+    target = getattr(obj, "__func__", obj)
+    module = getattr(target, "__module__", None)
+    return module if isinstance(module, str) else None
 
 
 class Component(dict):
@@ -265,6 +334,9 @@ def get_component(dotted: str) -> Any:
     ``ecg_hub.modeling.EcgFeatureExtractor.from_preset``)."""
     if not isinstance(dotted, str) or not dotted or dotted.startswith(".") or dotted.endswith("."):
         raise ValueError(f"not a dotted path: {dotted!r}")
+    checked = not _TRUSTED.get()
+    if checked and not _is_allowed_name(dotted):
+        raise _refusal(dotted, "is outside the allowed components")  # before importing anything
     parts = dotted.split(".")
     error: Exception | None = None
     for split in range(len(parts) - 1, 0, -1):
@@ -280,9 +352,15 @@ def get_component(dotted: str) -> Any:
         try:
             for attr in parts[split:]:
                 obj = getattr(obj, attr)
+                if checked and inspect.ismodule(obj) and not _is_allowed_name(obj.__name__):
+                    raise _refusal(dotted, f"walks into module {obj.__name__!r}")
         except AttributeError as exc:
             error = exc
             continue
+        if checked:
+            module = _defining_module(obj)
+            if module is None or not _is_allowed_name(module):
+                raise _refusal(dotted, f"is defined in {module or 'an unknown module'!r}")
         return obj
     raise ImportError(f"cannot import {dotted!r}: {error}")
 
@@ -378,6 +456,11 @@ def validate_component(node: Mapping, key: str, source: str, provided: Iterable[
         raise RecipeError(f"{source}: '{key}.{COMPONENT_KEY}': {error}") from None
     if not callable(target):
         raise RecipeError(f"{source}: '{key}.{COMPONENT_KEY}': {dotted} is not callable")
+    if not _TRUSTED.get() and node.get("trust_remote_code"):
+        raise RecipeError(
+            f"{source}: '{key}.trust_remote_code' is true: an untrusted recipe may not run code from the Hub; "
+            f"pass {TRUST_FLAG} if you trust this recipe and the repos it names"
+        )
     partial = node.get(PARTIAL_KEY, False)
     if not isinstance(partial, bool):
         raise RecipeError(f"{source}: '{key}.{PARTIAL_KEY}' must be true or false, got {partial!r}")
@@ -572,6 +655,7 @@ def load_recipe(
     path: str | Path | Mapping,
     overrides: Iterable[str] = (),
     schema: type | None = None,
+    trust: bool = False,
 ) -> Any:
     """Read, override, interpolate and validate a recipe; return its schema dataclass instance.
 
@@ -581,11 +665,18 @@ def load_recipe(
         overrides: ``key.path=value`` strings (values parsed as YAML) and ``~key.path`` deletions.
         schema: the dataclass the recipe must follow. By default the one its ``recipe`` key names;
             when given, the file's ``recipe`` key must name the same schema (or be absent).
+        trust: lift the component allow-list and the ``trust_remote_code`` ban (see the module
+            docstring); only for recipes whose every line you trust.
 
     Raises:
         RecipeError: unknown or missing keys, wrong types, components that do not import or do not
             accept a keyword; the message names the file and the key path.
     """
+    with _trust(trust):
+        return _load_recipe(path, overrides, schema)
+
+
+def _load_recipe(path: str | Path | Mapping, overrides: Iterable[str], schema: type | None) -> Any:
     if isinstance(path, Mapping):
         source, data = "recipe", copy.deepcopy(dict(path))
     else:

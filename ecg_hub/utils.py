@@ -1,4 +1,5 @@
-"""Small helpers shared across ecg-hub: one atomic JSON writer, one keyword filter by signature.
+"""Small helpers shared across ecg-hub: one atomic JSON writer, one keyword filter by signature, one
+explanation of full-disk and read-only errors.
 
 Standard library only, so any module (training, evaluation, pipelines, the Hub publisher) can
 import it without pulling in anything else.
@@ -6,6 +7,8 @@ import it without pulling in anything else.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import json
 import os
@@ -14,7 +17,30 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["accepted_kwargs", "accepts_var_kwargs", "explicit_parameters", "write_json_atomic"]
+__all__ = ["accepted_kwargs", "accepts_var_kwargs", "explain_disk_errors", "explicit_parameters", "write_json_atomic"]
+
+#: errno values that mean "the output cannot be written here" (full disk, quota, read-only, permissions).
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+@contextlib.contextmanager
+def explain_disk_errors(what: str, keeps: str):
+    """Re-raise a full-disk / read-only / permission ``OSError`` met while doing ``what`` as an
+    ``OSError`` of the same errno whose message says what failed, that ``keeps`` (what is still
+    intact, e.g. "the previous checkpoint step_00000010") and what to do; other errors pass."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        advice = (
+            "free some space" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "make the folder writable"
+        )
+        raise OSError(
+            error.errno,
+            f"{what} failed: {error.strerror or error} ({errno.errorcode.get(error.errno, error.errno)}"
+            f"{', ' + str(error.filename) if error.filename else ''}); {keeps}. {advice.capitalize()} and run it again",
+        ) from error
 
 
 def write_json_atomic(path: str | os.PathLike, document: Any, *, indent: int = 2, sort_keys: bool = False) -> None:

@@ -90,6 +90,8 @@ def arrow_dataset(tmp_path_factory) -> Path:
 
 
 def _recipe(output_dir: Path, dataset: Path, *overrides: str) -> PretrainRecipe:
+    # Trusted where a test names its own model class (an untrusted recipe may not).
+    trust = any("_component_=test_pretrain." in override for override in overrides)
     return load_recipe(
         TINY_RECIPE,
         [
@@ -100,6 +102,7 @@ def _recipe(output_dir: Path, dataset: Path, *overrides: str) -> PretrainRecipe:
             *overrides,
         ],
         schema=PretrainRecipe,
+        trust=trust,
     )
 
 

@@ -26,6 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (dotted keys)")
     parser.add_argument("--results", type=Path, default=None, help="results JSON (default: OUTPUT_DIR/results.json)")
     parser.add_argument("--validate-only", action="store_true", help="load and check the recipe, then stop")
+    parser.add_argument(
+        "--trust-recipe",
+        action="store_true",
+        help="allow components outside ecg-hub/torch/transformers/datasets and trust_remote_code (only for recipes you trust)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -35,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from ecg_hub.training.finetune import load_finetune_recipe, run_finetune_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    recipe = load_finetune_recipe(args.recipe, args.overrides)
+    from ecg_hub.recipe import RecipeError
+
+    try:
+        recipe = load_finetune_recipe(args.recipe, args.overrides, trust=args.trust_recipe)
+    except RecipeError as error:
+        raise SystemExit(f"ecg-hub finetune: {error}") from None
     if args.validate_only:
         print(dump_recipe(recipe))
         return 0

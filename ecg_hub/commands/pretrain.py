@@ -12,8 +12,10 @@ Several processes (DDP or FSDP, see ``recipes/accelerate/``):
     ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml \\
         -m ecg_hub pretrain ecg_jepa/pretrain_tiny
 
-Continue a stopped run with ``--resume`` (the newest checkpoint in the output folder) or
-``--resume PATH``.
+Continue a stopped run with ``--resume`` (the newest checkpoint in the output folder whose manifest
+checks out) or ``--resume PATH``. A recipe may name only ecg-hub, torch.optim/torch.nn,
+transformers and datasets components unless ``--trust-recipe`` is given; a checkpoint folder
+without ecg-hub's manifest is refused unless ``--trust-checkpoint`` is given.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def register(subparsers) -> None:
         metavar="CHECKPOINT",
         help="continue from the newest checkpoint in output_dir (or from CHECKPOINT)",
     )
+    parser.add_argument(
+        "--trust-recipe",
+        action="store_true",
+        help="allow components outside ecg-hub/torch/transformers/datasets and trust_remote_code (only for recipes you trust)",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="resume from a checkpoint folder without an ecg-hub manifest (its optimizer and random states are pickles)",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--validate-only", action="store_true", help="validate the recipe and exit")
     parser.set_defaults(func=run)
@@ -58,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         overrides.append(f"training.resume_from_checkpoint={args.resume}")
     try:
-        recipe = load_recipe(args.recipe, overrides, schema=PretrainRecipe)
+        if args.trust_checkpoint:
+            overrides.append("training.trust_checkpoint=true")
+        recipe = load_recipe(args.recipe, overrides, schema=PretrainRecipe, trust=args.trust_recipe)
     except RecipeError as error:
         raise SystemExit(f"ecg-hub pretrain: {error}") from None
     if args.print_recipe:

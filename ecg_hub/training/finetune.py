@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
-from ecg_hub.data.collators import EcgCollator
+from ecg_hub.data.collators import COLLATOR_COLUMNS, EcgCollator
 from ecg_hub.data.fractions import sample_label_fraction
 from ecg_hub.data.labels import label_names, multi_hot
 from ecg_hub.data.splits import load_splits, select_task_records
@@ -237,7 +237,8 @@ def finetune(
 
     def prepare(dataset):
         dataset = select_task_records(dataset, label_column, problem_type)
-        columns = [c for c in ("signal", "sampling_rate", "leads", "record_id", label_column) if c in dataset.column_names]
+        # COLLATOR_COLUMNS keeps masked_leads, so dead leads reach the model as missing (lead_mask 0).
+        columns = [c for c in (*COLLATOR_COLUMNS, label_column) if c in dataset.column_names]
         return dataset.select_columns(columns).with_format("numpy", columns=["signal"], output_all_columns=True)
 
     train = splits["train"] if train_indices is None else splits["train"].select(np.asarray(train_indices))
@@ -376,9 +377,10 @@ class FinetuneRecipe:
                 raise ValueError(f"unknown key 'training.{key}': not a transformers.TrainingArguments field")
 
 
-def load_finetune_recipe(path, overrides: Sequence[str] = ()) -> FinetuneRecipe:
-    """Read and validate a fine-tuning recipe (a path or a packaged name) with ``key=value`` overrides."""
-    return load_recipe(path, overrides, schema=FinetuneRecipe)
+def load_finetune_recipe(path, overrides: Sequence[str] = (), trust: bool = False) -> FinetuneRecipe:
+    """Read and validate a fine-tuning recipe (a path or a packaged name) with ``key=value`` overrides
+    (``trust``: see :func:`ecg_hub.recipe.load_recipe`)."""
+    return load_recipe(path, overrides, schema=FinetuneRecipe, trust=trust)
 
 
 def _recipe_init(model: Component) -> str | None:

@@ -72,10 +72,12 @@ import torch
 
 from ..data.splits import dataset_split
 from ..recipe import Component, dump_recipe, flatten_recipe, instantiate
-from ..utils import explicit_parameters
+from ..utils import explain_disk_errors, explicit_parameters
 from .checkpointing import (
     TrainingProgress,
+    check_resumable,
     find_latest_checkpoint,
+    find_resumable_checkpoint,
     load_checkpoint,
     save_checkpoint,
     write_json_atomic,
@@ -182,8 +184,11 @@ class TrainingSettings:
         stop_after_steps: save a checkpoint and stop after this many optimizer steps of this
             session, without changing the schedule (for time-limited jobs: rerun the same command
             with ``--resume`` to do the next ones).
-        resume_from_checkpoint: ``latest`` (the newest under ``<output_dir>/checkpoints``) or a
+        resume_from_checkpoint: ``latest`` (the newest under ``<output_dir>/checkpoints`` whose
+            checksum manifest checks out; a newer corrupt one is skipped with a warning) or a
             checkpoint folder.
+        trust_checkpoint: resume from a folder without ecg-hub's manifest (its optimizer and random
+            states are pickles: only for checkpoints you trust).
         peak_tflops: peak dense TFLOP/s of one device for MFU, where the built-in table has none.
         flop_count_micro_batches: micro-batches (per process) whose FLOPs are counted for MFU; the
             throughput is measured after them (counting slows a step down).
@@ -202,6 +207,7 @@ class TrainingSettings:
     keep_last_checkpoints: int | None = 3
     stop_after_steps: int | None = None
     resume_from_checkpoint: str | None = None
+    trust_checkpoint: bool = False
     peak_tflops: float | None = None
     flop_count_micro_batches: int = 4
     progress_bar: bool = True
@@ -516,15 +522,23 @@ def _save_final_model(accelerator, model, feature_extractor, target: Path) -> No
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; every process must call it
     if accelerator.is_main_process:
         tmp = target.with_name(f".{target.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
-        if feature_extractor is not None and hasattr(feature_extractor, "save_pretrained"):
-            feature_extractor.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        keeps = (f"the previous {target} is intact" if target.exists() else f"nothing was written to {target}") + (
+            "; the run's last checkpoint is saved: --resume writes the model again"
+        )
+        try:
+            with explain_disk_errors(f"saving the trained model to {target}", keeps):
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                unwrapped = accelerator.unwrap_model(model)
+                unwrapped.save_pretrained(tmp, state_dict=state_dict, save_function=accelerator.save)
+                if feature_extractor is not None and hasattr(feature_extractor, "save_pretrained"):
+                    feature_extractor.save_pretrained(tmp)
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     accelerator.wait_for_everyone()
 
 
@@ -730,13 +744,13 @@ def _resume_source(training: TrainingSettings, checkpoints_dir: Path) -> Path | 
             )
         return None
     if training.resume_from_checkpoint == "latest":
-        resume_from = find_latest_checkpoint(checkpoints_dir)
-        if resume_from is None:
+        if find_latest_checkpoint(checkpoints_dir) is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {checkpoints_dir}")
-        return resume_from
+        return find_resumable_checkpoint(checkpoints_dir, trust=training.trust_checkpoint)
     resume_from = Path(training.resume_from_checkpoint)
     if not resume_from.is_dir():
         raise FileNotFoundError(f"--resume: checkpoint folder {resume_from} does not exist")
+    check_resumable(resume_from, trust=training.trust_checkpoint)
     return resume_from
 
 
