@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecg_hub.data.collators import EcgCollator
+from ecg_hub.data.collators import COLLATOR_COLUMNS, EcgCollator
 
 __all__ = ["INPUT_COLUMNS", "collect_outputs", "eval_mode", "inference_loader", "iter_outputs"]
 
-#: Dataset columns the collator reads (others, e.g. labels, are dropped before batching).
-INPUT_COLUMNS = ("signal", "sampling_rate", "leads", "record_id")
+#: Dataset columns the collator reads (others, e.g. labels, are dropped before batching), the
+#: dataset's masked leads included.
+INPUT_COLUMNS = COLLATOR_COLUMNS
 
 Step = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 

@@ -8,7 +8,8 @@ together. The steps are pure numpy/scipy functions (also usable inside ``dataset
 1. validate (rank, dtype, NaN/inf, sampling rate, lead names against the array);
 2. convert units to millivolts (mV);
 3. derive the limb leads III, aVR, aVL, aVF from I and II when the target needs them;
-4. select and reorder leads; zero-fill leads the record lacks and flag them in ``lead_mask``;
+4. select and reorder leads; zero-fill leads the record lacks, and leads it masks (a dataset's
+   ``masked_leads`` column: flat, clipped or absent leads), and flag them in ``lead_mask``;
 5. resample to the target rate (polyphase by default);
 6. band-pass (Butterworth, second-order sections, zero-phase), if configured;
 7. crop (start / center / random for training) or pad to ``num_samples``, with ``attention_mask``;
@@ -153,7 +154,14 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
 
     Returns (from ``__call__``): a ``BatchFeature`` with ``input_values`` (batch, leads, samples),
     ``attention_mask`` (batch, samples; 1 = real sample) and ``lead_mask`` (batch, leads; 1 = lead
-    present in the recording or derived from it, 0 = zero-filled).
+    present in the recording or derived from it, 0 = zero-filled: absent or masked).
+
+    Masked leads: a record can name leads that must not reach the model although its array has rows
+    for them (``masked_leads`` of a dataset row, or the ``masked_leads=`` argument): a flat or
+    clipped electrode, or a lead the dataset zero-filled. They are treated exactly as leads the
+    record lacks: zero-filled, ``lead_mask`` 0, left out of the normalisation statistics, never used
+    to derive limb leads (so a masked I or II masks nothing else, but derives nothing either), and
+    an error with ``missing_leads="error"``. Their values are never read (they may hold NaN).
     """
 
     model_input_names = ["input_values", "attention_mask", "lead_mask"]
@@ -244,6 +252,7 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         training: bool = False,
         generator: np.random.Generator | None = None,
         return_tensors: str | None = None,
+        masked_leads: Sequence[str] | Sequence[Sequence[str]] | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Preprocess one record or a batch.
@@ -262,16 +271,21 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             training: crop at random (data augmentation) instead of the configured policy.
             generator: numpy random generator for random crops (reproducible augmentation).
             return_tensors: ``"pt"`` for torch tensors, ``"np"`` or ``None`` for numpy arrays.
+            masked_leads: leads to treat as missing although the array has rows for them (one list
+                for every record, or one list per record); dataset rows carry theirs in a
+                ``masked_leads`` field, which wins over this argument.
         """
-        records, rates, lead_lists, ids = self._unpack(ecg, sampling_rate, leads, record_ids)
+        records, rates, lead_lists, ids, mask_lists = self._unpack(ecg, sampling_rate, leads, record_ids, masked_leads)
         if units not in UNITS_TO_MV:
             raise ValueError(f"units must be one of {sorted(UNITS_TO_MV)}, got {units!r}")
         policy = "random" if training else self.crop
         rng = generator if generator is not None else (np.random.default_rng() if policy == "random" else None)
 
         outputs, lead_masks, lengths = [], [], []
-        for record, rate, names, record_id in zip(records, rates, lead_lists, ids):
-            values, present = self._process_record(record, rate, names, record_id, UNITS_TO_MV[units], policy, rng)
+        for record, rate, names, record_id, masked in zip(records, rates, lead_lists, ids, mask_lists):
+            values, present = self._process_record(
+                record, rate, names, record_id, UNITS_TO_MV[units], policy, rng, masked
+            )
             outputs.append(values)
             lead_masks.append(present)
             lengths.append(values.shape[-1])
@@ -288,8 +302,9 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------------------------------
-    def _unpack(self, ecg, sampling_rate, leads, record_ids):
-        """Normalise every accepted input form to lists of (record, rate, lead names, record id)."""
+    def _unpack(self, ecg, sampling_rate, leads, record_ids, masked_leads=None):
+        """Normalise every accepted input form to lists of (record, rate, lead names, record id,
+        masked leads)."""
         if isinstance(ecg, Mapping):
             if "signal" not in ecg:
                 raise ValueError(f"a dataset row must have a 'signal' field; got fields {sorted(ecg)}")
@@ -298,13 +313,15 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             rows = (
                 [{key: ecg[key][i] for key in ecg} for i in range(len(column))] if batched else [dict(ecg)]
             )
-            return self._unpack(rows, sampling_rate, leads, record_ids)
+            return self._unpack(rows, sampling_rate, leads, record_ids, masked_leads)
         if isinstance(ecg, (list, tuple)) and ecg and isinstance(ecg[0], Mapping):
             records = [row.get("signal") for row in ecg]
             rates = [row.get("sampling_rate", sampling_rate) for row in ecg]
             lead_lists = [row.get("leads", leads) for row in ecg]
             ids = [row.get("record_id") for row in ecg]
-            return self._check_batch(records, rates, lead_lists, ids if record_ids is None else list(record_ids))
+            given = _per_record(masked_leads, len(ecg))
+            masks = [row["masked_leads"] if row.get("masked_leads") is not None else m for row, m in zip(ecg, given)]
+            return self._check_batch(records, rates, lead_lists, ids if record_ids is None else list(record_ids), masks)
 
         if hasattr(ecg, "detach"):  # torch tensor, without importing torch here
             ecg = ecg.detach().cpu().numpy()
@@ -335,18 +352,20 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         else:
             lead_lists = [leads] * n
         ids = list(record_ids) if record_ids is not None else [None] * n
-        return self._check_batch(records, rates, lead_lists, ids)
+        return self._check_batch(records, rates, lead_lists, ids, _per_record(masked_leads, n))
 
     @staticmethod
-    def _check_batch(records, rates, lead_lists, ids):
+    def _check_batch(records, rates, lead_lists, ids, mask_lists):
         n = len(records)
-        for name, values in (("sampling_rate", rates), ("leads", lead_lists), ("record_ids", ids)):
+        for name, values in (
+            ("sampling_rate", rates), ("leads", lead_lists), ("record_ids", ids), ("masked_leads", mask_lists)
+        ):
             if len(values) != n:
                 raise ValueError(f"got {n} records but {len(values)} values of {name}")
         ids = [str(rid) if rid is not None else f"#{i} in the batch" for i, rid in enumerate(ids)]
-        return records, rates, lead_lists, ids
+        return records, rates, lead_lists, ids, mask_lists
 
-    def _process_record(self, record, rate, names, record_id, unit_scale, policy, rng):
+    def _process_record(self, record, rate, names, record_id, unit_scale, policy, rng, masked=None):
         where = f"record {record_id}"
         # --- validation -----------------------------------------------------------------------
         if rate is None:
@@ -373,6 +392,10 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(
                 f"{where}: leads list names {len(names)} leads {names} but the signal has {array.shape[0]} rows{hint}"
             )
+        masked = _masked_set(masked, where)
+        if masked:  # masked rows are never read: drop them before anything looks at their values
+            keep = [i for i, lead in enumerate(names) if lead not in masked]
+            array, names = array[keep], [names[i] for i in keep]
         # float64 for filtering accuracy; the output is cast to return_dtype at the end.
         values = array.astype(np.float64) * unit_scale
         finite = np.isfinite(values)
@@ -386,11 +409,17 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             )
 
         # --- leads ----------------------------------------------------------------------------
-        if self.derive_limb_leads and any(lead in self.leads and lead not in names for lead in DERIVABLE_LIMB_LEADS):
+        if self.derive_limb_leads and any(
+            lead in self.leads and lead not in names and lead not in masked for lead in DERIVABLE_LIMB_LEADS
+        ):
             values, names = _derive_limb_leads(values, names)
+            if masked:  # a masked limb lead stays missing, not replaced by its derivation
+                keep = [i for i, lead in enumerate(names) if lead not in masked]
+                values, names = values[keep], [names[i] for i in keep]
         missing = [lead for lead in self.leads if lead not in names]
         if missing and self.missing_leads == "error":
-            raise ValueError(f"{where}: missing leads {missing}; the model needs {self.leads} (has {names})")
+            masked_note = f"; masked: {sorted(masked, key=STANDARD_LEADS.index)}" if masked else ""
+            raise ValueError(f"{where}: missing leads {missing}; the model needs {self.leads} (has {names}{masked_note})")
         index = [names.index(lead) for lead in self.leads if lead in names]
         present = np.array([lead in names for lead in self.leads])
         values = values[index]
@@ -413,6 +442,30 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         full = np.zeros((self.num_leads, values.shape[-1]), dtype=np.float64)
         full[present] = values
         return full, present
+
+
+def _per_record(masked_leads, n: int) -> list:
+    """``masked_leads`` as one entry per record: ``None`` -> no masks; a list of names -> the same for
+    every record; a list of lists -> as given (checked against the batch size later)."""
+    if masked_leads is None:
+        return [None] * n
+    if isinstance(masked_leads, str):
+        return [[masked_leads]] * n
+    entries = list(masked_leads)
+    if not entries or isinstance(entries[0], str):
+        return [entries] * n
+    return entries
+
+
+def _masked_set(masked, where: str) -> set[str]:
+    """Canonical names of one record's masked leads (``None``, a list, or a numpy array of names)."""
+    if masked is None:
+        return set()
+    names = [masked] if isinstance(masked, str) else [str(name) for name in list(masked)]
+    try:
+        return set(canonicalize_leads(names))
+    except ValueError as error:
+        raise ValueError(f"{where}: masked_leads {names}: {error}") from None
 
 
 def _is_batch_of_records(column) -> bool:

@@ -149,19 +149,28 @@ def test_flat_lead(tmp_path, ecg):
     signal = ecg.signal.copy()
     signal[9] = 0.0  # V4 disconnected
     path = _write_wfdb(tmp_path, "flat", signal)
+    # By default the record is kept and V4 masked (zeroed, listed with its reason) ...
+    record = read_wfdb_record(path)
+    assert record.masked_leads == ["V4"] and record.masked_lead_reasons == ["flat"]
+    assert not record.signal[9].any() and record.signal.shape == (12, 5000)
+    # ... skipping the record stays available, with the reason it had before masking ...
     with pytest.raises(ValueError) as error:
-        read_wfdb_record(path)
+        read_wfdb_record(path, checks=SignalChecks(drop_records_with_bad_leads=True))
     _assert_names(error, "flat", "signal", "flat lead V4", "expected a recorded ECG in every lead")
     # ... and the check can be turned off.
-    assert read_wfdb_record(path, checks=SignalChecks(allow_flat_leads=True)).signal.shape == (12, 5000)
+    kept = read_wfdb_record(path, checks=SignalChecks(allow_flat_leads=True))
+    assert kept.signal.shape == (12, 5000) and kept.masked_leads == []
 
 
 def test_clipped_lead(tmp_path, ecg):
     signal = ecg.signal.copy()
     signal[1] = np.clip(signal[1] * 4, -0.5, 0.5)  # lead II saturating at +-0.5 mV
     path = _write_wfdb(tmp_path, "sat", signal)
+    record = read_wfdb_record(path)
+    assert record.masked_leads == ["II"] and record.masked_lead_reasons == ["clipped"]
+    assert not record.signal[1].any()
     with pytest.raises(ValueError) as error:
-        read_wfdb_record(path)
+        read_wfdb_record(path, checks=SignalChecks(drop_records_with_bad_leads=True))
     _assert_names(error, "sat", "signal", "clipped lead II", "maximum or minimum")
 
 
@@ -193,8 +202,11 @@ def test_missing_sampling_rate(tmp_path, ecg):
 def test_missing_leads(tmp_path, ecg):
     keep = [0, 1, 6, 7, 8]  # I, II, V1-V3: V4-V6 missing
     path = _write_wfdb(tmp_path, "few", ecg.signal[keep], leads=[STANDARD_LEADS[i] for i in keep])
+    absent = read_wfdb_record(path)  # default: zero-filled and masked as absent
+    assert absent.leads == list(STANDARD_LEADS) and absent.masked_leads == ["V4", "V5", "V6"]
+    assert absent.masked_lead_reasons == ["absent"] * 3 and not absent.signal[9:].any()
     with pytest.raises(ValueError) as error:
-        read_wfdb_record(path)
+        read_wfdb_record(path, checks=SignalChecks(drop_records_with_bad_leads=True))
     _assert_names(error, "few", "leads", "missing V4, V5, V6")
     record = read_wfdb_record(path, checks=SignalChecks(required_leads=None))
     assert record.leads == ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3"]

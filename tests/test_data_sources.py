@@ -34,11 +34,14 @@ def cinc(shared_data, tmp_path_factory):
 
 def test_cinc_records_labels_and_skips(cinc, shared_data):
     ds, summary = cinc.dataset, cinc.summary
-    assert len(ds) == 76 and summary.num_skipped == 4
+    # The three Chapman/Ningbo records with flat precordial leads are kept, those leads masked.
+    assert len(ds) == 79 and summary.num_skipped == 1
     reasons = {item.record_id: item.reason for item in summary.skipped}
-    assert set(reasons) == {"JS45542", "JS45544", "JS45551", "SPH00005"}
-    assert "flat lead V4, V5, V6" in reasons["JS45551"]
+    assert set(reasons) == {"SPH00005"}
     assert "no row for SPH00005.h5" in reasons["SPH00005"]
+    masked = {item.record_id: item.leads for item in summary.masked}
+    assert set(masked) == {"JS45542", "JS45544", "JS45551"} and masked["JS45551"] == ["V4", "V5", "V6"]
+    assert summary.masked_record_counts == {"flat": 3}
     scored = label_names(ds, "dx_scored")
     assert len(scored) == 26 and {"AF", "CRBBB", "IAVB", "NSR", "PVC", "SB", "STach"} <= set(scored)
     rows = _by_id(ds)
@@ -115,18 +118,24 @@ def test_folder_with_labels_column(user_folder, tmp_path, capsys):
     out = tmp_path / "ds"
     assert cli_main(["data", "prepare", "folder", "--root", str(user_folder), "--labels", str(csv), "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "4 records written" in printed and "3 skipped" in printed
+    assert "5 records written" in printed and "2 skipped" in printed  # broken is kept, I and II masked
     ds = datasets.load_from_disk(str(out))
     assert label_names(ds, "labels") == ["AF", "NORM", "RBBB", "SB"]
     rows = _by_id(ds)
-    assert set(rows) == {"rec0", "rec1", "ward_b/rec2", "rec3"}
+    assert set(rows) == {"rec0", "rec1", "ward_b/rec2", "rec3", "broken"}
+    assert rows["broken"]["masked_leads"] == ["I", "II"] and rows["rec0"]["masked_leads"] == []
     assert sorted(label_names(ds, "labels")[i] for i in rows["rec1"]["labels"]) == ["AF", "RBBB"]
     assert rows["rec3"]["labels"] == [] and rows["rec0"]["report"] == "normal ecg"
     assert rows["rec0"]["split"] == rows["rec1"]["split"]  # same patient, same split
     reasons = {item.record_id: item.reason for item in load_summary(out).skipped}
-    assert "flat lead I, II" in reasons["broken"]
     assert "no WFDB header" in reasons["missing"]
     assert "no row for it" in reasons["unlisted"]
+    # Skipping records with bad leads, as before lead masking, stays available.
+    strict = tmp_path / "strict"
+    assert cli_main(["data", "prepare", "folder", "--root", str(user_folder), "--labels", str(csv), "--out", str(strict),
+                     "--no-progress", "--drop-records-with-bad-leads"]) == 0
+    assert "4 records written" in capsys.readouterr().out
+    assert "flat lead I, II" in {item.record_id: item.reason for item in load_summary(strict).skipped}["broken"]
 
 
 def test_folder_with_class_columns_and_split(user_folder, tmp_path):

@@ -7,9 +7,14 @@
     ecg-hub data prepare synthetic --out DIR [--num-records 1000 --seed 0]
     ecg-hub data show DIR [--plot out.png] [--index 0 | --record-id ID]
 
-``prepare`` prints a summary (records, label counts, skipped records with reasons); the summary is
-also saved as ``ecg_hub_summary.json`` in the dataset folder. Open a prepared dataset with
-``datasets.load_from_disk(DIR)``.
+``prepare`` prints a summary (records, label counts, records kept with masked leads, skipped records
+with reasons); the summary is also saved as ``ecg_hub_summary.json`` in the dataset folder. Open a
+prepared dataset with ``datasets.load_from_disk(DIR)``.
+
+A flat, clipped or absent lead does not cost the record: the lead is zeroed and listed in the
+``masked_leads`` / ``masked_lead_reasons`` columns, and models see it as missing (``lead_mask`` 0).
+``--drop-records-with-bad-leads`` skips such records instead, as before lead masking. Records too
+broken to use (truncated, NaN, wrong units, no usable lead) are always skipped and listed.
 """
 
 from __future__ import annotations
@@ -29,10 +34,19 @@ def _add_common(parser: argparse.ArgumentParser, needs_root: bool = True) -> Non
 
 
 def _add_checks(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("record checks (bad records are skipped and reported)")
+    group = parser.add_argument_group(
+        "record checks (unusable records are skipped and reported; flat, clipped or absent leads are "
+        "zeroed and listed in the masked_leads column)"
+    )
     group.add_argument("--min-duration", type=float, default=1.0, help="shortest accepted record, s (default 1)")
-    group.add_argument("--allow-flat-leads", action="store_true", help="keep records with flat (zero) leads")
-    group.add_argument("--allow-clipped-leads", action="store_true", help="keep records with clipped leads")
+    group.add_argument("--allow-flat-leads", action="store_true",
+                       help="keep flat (zero) leads as recorded: neither masked nor a reason to skip")
+    group.add_argument("--allow-clipped-leads", action="store_true",
+                       help="keep clipped leads as recorded: neither masked nor a reason to skip")
+    group.add_argument("--drop-records-with-bad-leads", action="store_true",
+                       help="skip a record with any flat, clipped or absent lead instead of masking the lead")
+    group.add_argument("--min-usable-leads", type=int, default=1,
+                       help="skip records with fewer unmasked leads than this (default 1)")
 
 
 def _checks(args: argparse.Namespace, **overrides):
@@ -42,6 +56,8 @@ def _checks(args: argparse.Namespace, **overrides):
         min_duration_s=args.min_duration,
         allow_flat_leads=args.allow_flat_leads,
         allow_clipped_leads=args.allow_clipped_leads,
+        drop_records_with_bad_leads=args.drop_records_with_bad_leads,
+        min_usable_leads=args.min_usable_leads,
         **overrides,
     )
 
@@ -274,13 +290,26 @@ def _print_overview(dataset, summary) -> None:
             counts = label_counts(dataset, name)
             top = sorted(counts.items(), key=lambda kv: -kv[1])
             text = f"{len(counts)} classes: " + ", ".join(f"{k} {v}" for k, v in top[:12]) + (" ..." if len(top) > 12 else "")
+        elif name == "masked_leads":
+            per_lead = Counter(lead for leads in dataset[name] for lead in leads)
+            with_masks = sum(1 for leads in dataset[name] if len(leads))
+            text = f"{with_masks} records with masked (zeroed) leads" + (
+                ": " + ", ".join(f"{k} {v}" for k, v in sorted(per_lead.items(), key=lambda kv: -kv[1])) if per_lead else ""
+            )
+        elif name == "masked_lead_reasons":
+            text = ", ".join(f"{k} {v}" for k, v in Counter(r for rs in dataset[name] for r in rs).most_common()) or "none"
         elif name in ("report", "dx_names"):
             first = next((r for r in dataset.select(range(min(len(dataset), 50)))[name] if r), "")
             text = f"e.g. {first[:100]!r}"
         table.add_row(name, _type_name(feature), text)
     console.print(table)
     if summary is not None:
-        console.print(f"prepared from {summary.source} in {summary.elapsed_s:.1f} s; {summary.num_skipped} records skipped")
+        console.print(
+            f"prepared from {summary.source} in {summary.elapsed_s:.1f} s; {summary.num_skipped} records skipped, "
+            f"{summary.num_with_masked_leads} kept with masked leads"
+        )
+        for reason, count in summary.masked_record_counts.items():
+            console.print(f"  {count} records with a masked lead: {reason}")
         for kind, count in summary.skip_reasons().items():
             console.print(f"  {count} x {kind}")
         for note in summary.notes:

@@ -4,6 +4,11 @@ Every dataset is a Hugging Face ``datasets.Dataset`` (Arrow, memory-mapped after
 with the columns ``signal`` (float32, ``(leads, samples)``, mV), ``sampling_rate`` (Hz), ``leads``,
 ``record_id``, ``patient_id``, label columns (``Sequence(ClassLabel)`` of positive class indices),
 ``report`` where the source has one, and ``split`` (train/validation/test) / ``fold`` where present.
+``masked_leads`` (lead names, in ``leads`` order) and ``masked_lead_reasons`` (``"flat"``,
+``"clipped"`` or ``"absent"``, one per masked lead) list the leads that are unusable and stored as
+zero rows: the record is kept and models receive them as missing leads (``lead_mask`` 0); both are
+empty for a clean record (``--drop-records-with-bad-leads`` skips such records instead). Sources
+read from files have them; synthetic data does not.
 Text corpora for the cardiology text model (:func:`prepare_text_corpus`, ``ecg-hub text prepare``)
 are datasets of report and description chunks instead.
 

@@ -14,6 +14,12 @@ of the signal column several times faster than nested lists (about 20,000 vs 4,5
 ``DataLoader`` path) the two layouts are within about 20 %. When lengths vary (CinC, CODE-15, user
 folders) it is ``List(List(float32))``. Both give ``(leads, samples)`` float32 arrays under
 ``dataset.with_format("numpy")``.
+
+Masked leads: readers zero flat, clipped and absent leads instead of losing the record
+(``ecg_hub.data.records``); sources built with ``record_features(..., masked_leads=True)`` store them
+in the columns ``masked_leads`` (lead names, in ``leads`` order) and ``masked_lead_reasons``
+(``"flat"``, ``"clipped"``, ``"absent"``, one per masked lead), both empty lists for a clean
+record, and the summary counts the records kept with masked leads by reason and by lead.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from ecg_hub.modeling.leads import STANDARD_LEADS
+
 #: Name of the JSON file, inside a prepared dataset folder, that holds the prepare summary.
 SUMMARY_FILE = "ecg_hub_summary.json"
 
@@ -44,14 +52,33 @@ class SkippedRecord:
 
 
 @dataclass
+class MaskedRecord:
+    """A record kept with some leads zeroed and masked, the leads and why (``"flat"`` ...)."""
+
+    record_id: str
+    leads: list[str]
+    reasons: list[str]
+
+
+@dataclass
 class PrepareSummary:
-    """What a ``prepare_*`` call wrote: counts, label counts, skipped records with reasons, timing."""
+    """What a ``prepare_*`` call wrote: counts, label counts, skipped records with reasons, records
+    kept with masked leads, timing.
+
+    Masked leads: ``num_with_masked_leads`` records were kept with at least one lead masked;
+    ``masked_record_counts`` is ``{reason: records with a lead masked for it}`` and
+    ``masked_lead_counts`` ``{reason: {lead: records}}``; ``masked`` lists the records.
+    """
 
     source: str
     out_dir: str
     num_records: int = 0
     num_skipped: int = 0
     skipped: list[SkippedRecord] = field(default_factory=list)
+    num_with_masked_leads: int = 0
+    masked_record_counts: dict[str, int] = field(default_factory=dict)
+    masked_lead_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    masked: list[MaskedRecord] = field(default_factory=list)
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     split_counts: dict[str, int] = field(default_factory=dict)
     sampling_rates: dict[str, int] = field(default_factory=dict)
@@ -81,6 +108,7 @@ class PrepareSummary:
         data = dict(data)
         data.pop("records_per_s", None)
         data["skipped"] = [SkippedRecord(**item) for item in data.get("skipped", [])]
+        data["masked"] = [MaskedRecord(**item) for item in data.get("masked", [])]  # absent before masking
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in data.items() if key in known})
 
@@ -97,6 +125,18 @@ class PrepareSummary:
         for column, counts in self.label_counts.items():
             shown = ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1]))
             lines.append(f"labels {column} ({len(counts)} classes): {shown}")
+        if self.num_with_masked_leads:
+            lines.append(
+                f"kept {self.num_with_masked_leads} records with masked leads (zeroed, lead_mask 0; "
+                "column masked_leads):"
+            )
+            for reason, records in self.masked_record_counts.items():
+                per_lead = ", ".join(f"{lead} {n}" for lead, n in self.masked_lead_counts.get(reason, {}).items())
+                lines.append(f"  {records} x {reason} (records per lead: {per_lead})")
+            for item in self.masked[:max_skipped]:
+                lines.append(f"  - {item.record_id}: " + ", ".join(f"{lead} {why}" for lead, why in zip(item.leads, item.reasons)))
+            if len(self.masked) > max_skipped:
+                lines.append(f"  ... and {len(self.masked) - max_skipped} more (see {SUMMARY_FILE})")
         if self.skipped:
             lines.append(f"skipped {self.num_skipped} records:")
             for kind, count in self.skip_reasons().items():
@@ -136,13 +176,24 @@ def signal_feature(num_leads: int | None = None, num_samples: int | None = None)
     return datasets.Sequence(datasets.Sequence(datasets.Value("float32")))
 
 
+#: The columns of a record's masked leads (see the module docstring).
+MASK_COLUMNS: tuple[str, ...] = ("masked_leads", "masked_lead_reasons")
+
+
 def record_features(
     signal: Any,
     label_sets: dict[str, Sequence[str]] | None = None,
     extra: dict[str, Any] | None = None,
+    *,
+    masked_leads: bool = False,
 ):
-    """The common columns (``signal``, ``sampling_rate``, ``leads``, ``record_id``, ``patient_id``),
-    then one ``Sequence(ClassLabel)`` column per label set, then ``extra`` columns."""
+    """The common columns (``signal``, ``sampling_rate``, ``leads``, [``masked_leads``,
+    ``masked_lead_reasons``], ``record_id``, ``patient_id``), then one ``Sequence(ClassLabel)``
+    column per label set, then ``extra`` columns.
+
+    ``masked_leads``: add the two mask columns (every source read through ``ecg_hub.data.records``
+    does; off by default so that sources whose rows never mask a lead, e.g. synthetic, keep
+    their columns)."""
     import datasets
 
     from .labels import label_feature
@@ -151,13 +202,29 @@ def record_features(
         "signal": signal,
         "sampling_rate": datasets.Value("int32"),
         "leads": datasets.Sequence(datasets.Value("string")),
+    }
+    if masked_leads:
+        columns.update({name: datasets.Sequence(datasets.Value("string")) for name in MASK_COLUMNS})
+    columns.update({
         "record_id": datasets.Value("string"),
         "patient_id": datasets.Value("string"),
-    }
+    })
     for name, classes in (label_sets or {}).items():
         columns[name] = label_feature(classes)
     columns.update(extra or {})
     return datasets.Features(columns)
+
+
+def record_columns(record: Any) -> dict[str, Any]:
+    """The signal columns of a row from an ``EcgRecord``: ``signal``, ``sampling_rate``, ``leads``,
+    ``masked_leads``, ``masked_lead_reasons`` (pair with ``record_features(..., masked_leads=True)``)."""
+    return {
+        "signal": record.signal,
+        "sampling_rate": record.sampling_rate,
+        "leads": list(record.leads),
+        "masked_leads": list(record.masked_leads),
+        "masked_lead_reasons": list(record.masked_lead_reasons),
+    }
 
 
 def _load_safely(load_row: Callable[[Any], dict[str, Any]], task: dict[str, Any]) -> tuple[bool, Any]:
@@ -267,6 +334,8 @@ def build_dataset(
     split_counts: Counter[str] = Counter()
     rates: Counter[str] = Counter()
     lengths: list[int] = []
+    masked_records: Counter[str] = Counter()
+    masked_leads: dict[str, Counter[str]] = {}
 
     work_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
@@ -295,12 +364,32 @@ def build_dataset(
                     split_counts[item["split"]] += 1
                 rates[str(item["sampling_rate"])] += 1
                 lengths.append(int(signal.shape[-1]))
+                masked = list(item.get("masked_leads") or ())
+                if masked:
+                    reasons = list(item.get("masked_lead_reasons") or ())
+                    if len(reasons) != len(masked):
+                        raise ValueError(
+                            f"record {item['record_id']!r}: field 'masked_lead_reasons' has {len(reasons)} entries; "
+                            f"expected one per masked lead ({len(masked)}: {masked})"
+                        )
+                    summary.masked.append(MaskedRecord(str(item["record_id"]), masked, reasons))
+                    for reason in dict.fromkeys(reasons):
+                        masked_records[reason] += 1
+                    for lead, reason in zip(masked, reasons):
+                        masked_leads.setdefault(reason, Counter())[lead] += 1
             bar.close()
             if summary.num_records == 0:
                 first = "; ".join(s.reason for s in summary.skipped[:3])
                 raise ValueError(f"{source}: no usable record among {len(tasks)} (first reasons: {first or 'no records found'})")
             writer.finalize()
         summary.num_skipped = len(summary.skipped)
+        summary.num_with_masked_leads = len(summary.masked)
+        summary.masked_record_counts = dict(masked_records.most_common())
+        lead_order = {lead: i for i, lead in enumerate(STANDARD_LEADS)}
+        summary.masked_lead_counts = {
+            reason: dict(sorted(masked_leads[reason].items(), key=lambda kv: lead_order.get(kv[0], len(lead_order))))
+            for reason in summary.masked_record_counts
+        }
         summary.label_counts = {
             name: {cls: int(c) for cls, c in zip(features[name].feature.names, counts[name])} for name in label_cols
         }

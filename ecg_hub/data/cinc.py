@@ -31,7 +31,14 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from .builder import PrepareResult, SkippedRecord, build_dataset, record_features, signal_feature
+from .builder import (
+    PrepareResult,
+    SkippedRecord,
+    build_dataset,
+    record_columns,
+    record_features,
+    signal_feature,
+)
 from .labels import assign_random_split
 from .records import SignalChecks, read_hdf5_record, read_wfdb_record
 
@@ -129,9 +136,7 @@ def _load_cinc_row(task: dict[str, Any], checks: SignalChecks, dx_index: dict[st
         record = read_wfdb_record(task["path"], record_id=task["record_id"], checks=checks)
     codes = task["dx"]
     row = {
-        "signal": record.signal,
-        "sampling_rate": record.sampling_rate,
-        "leads": record.leads,
+        **record_columns(record),
         "record_id": task["record_id"],
         "patient_id": task["patient_id"],
         "dx": sorted(dx_index[code] for code in codes),
@@ -173,8 +178,10 @@ def prepare_cinc(
 
     Columns: ``signal`` (12, samples) float32 mV, ``sampling_rate``, ``leads``, ``record_id``,
     ``patient_id``, ``dx``, [``dx_scored``], ``dx_names``, ``source`` (sub-folder, e.g. ``G12EC``),
-    ``age``, ``sex``, ``split``. Records without ``# Dx:``, unreadable or failing the checks (flat,
-    clipped, NaN ...) are skipped and reported.
+    ``age``, ``sex``, ``split``, ``masked_leads`` / ``masked_lead_reasons`` (flat, clipped or absent
+    leads, zeroed: ``ecg_hub.data.records``). Records without ``# Dx:``, unreadable or failing the
+    record checks (NaN, wrong units, no usable lead ...; bad leads too with
+    ``SignalChecks(drop_records_with_bad_leads=True)``) are skipped and reported.
     """
     import datasets
     import pandas as pd
@@ -260,7 +267,9 @@ def prepare_cinc(
             "sex": datasets.Value("string"),
             "split": datasets.Value("string"),
         },
+        masked_leads=True,
     )
+    checks = checks or SignalChecks()
     unnamed = [code for code in codes if code not in names]
     notes = []
     if unnamed:
@@ -274,7 +283,7 @@ def prepare_cinc(
     )
     return build_dataset(
         tasks,
-        partial(_load_cinc_row, checks=checks or SignalChecks(), dx_index=dx_index, scored=scored),
+        partial(_load_cinc_row, checks=checks, dx_index=dx_index, scored=scored),
         features,
         out_dir,
         source="cinc",
@@ -285,7 +294,8 @@ def prepare_cinc(
         skipped=skipped,
         options={"root": os.path.abspath(root), "mapping_files": [os.fspath(p) for p in mapping_files],
                  "weights_file": os.fspath(weights_file) if weights_file else None,
-                 "split_fractions": list(split_fractions), "split_seed": split_seed, "limit": limit},
+                 "split_fractions": list(split_fractions), "split_seed": split_seed, "limit": limit,
+                 "checks": checks.to_dict()},
         notes=notes,
         num_proc=num_proc,
         overwrite=overwrite,

@@ -21,7 +21,14 @@ from typing import Any
 
 from ecg_hub.modeling.leads import STANDARD_LEADS
 
-from .builder import PrepareResult, SkippedRecord, build_dataset, record_features, signal_feature
+from .builder import (
+    PrepareResult,
+    SkippedRecord,
+    build_dataset,
+    record_columns,
+    record_features,
+    signal_feature,
+)
 from .labels import assign_random_split
 from .records import SignalChecks, read_code15_mat
 
@@ -46,9 +53,7 @@ def _load_code15_row(task: dict[str, Any], checks: SignalChecks) -> dict[str, An
             f"expected {task['sample_rate']} Hz as meta.csv says"
         )
     return {
-        "signal": record.signal,
-        "sampling_rate": record.sampling_rate,
-        "leads": record.leads,
+        **record_columns(record),
         "record_id": task["record_id"],
         "patient_id": task["patient_id"],
         "dx": task["dx"],
@@ -75,7 +80,8 @@ def prepare_code15(
 
     Columns: ``signal`` (12, samples) float32 mV (zero padding removed, so lengths vary), ``sampling_rate``
     (400), ``leads``, ``record_id`` (exam_id), ``patient_id``, ``dx`` (:data:`CODE15_CLASSES`),
-    ``normal_ecg``, ``age``, ``sex``, ``split``.
+    ``normal_ecg``, ``age``, ``sex``, ``split``, ``masked_leads`` / ``masked_lead_reasons`` (flat, clipped
+    or absent leads, zeroed: ``ecg_hub.data.records``).
     """
     import datasets
     import pandas as pd
@@ -137,10 +143,12 @@ def prepare_code15(
             "sex": datasets.Value("string"),
             "split": datasets.Value("string"),
         },
+        masked_leads=True,
     )
+    checks = checks or SignalChecks()
     return build_dataset(
         tasks,
-        partial(_load_code15_row, checks=checks or SignalChecks()),
+        partial(_load_code15_row, checks=checks),
         features,
         out_dir,
         source="code15",
@@ -150,7 +158,8 @@ def prepare_code15(
         license="CC-BY-4.0",
         homepage="https://zenodo.org/records/4916206",
         skipped=skipped,
-        options={"root": os.path.abspath(root), "split_fractions": list(split_fractions), "split_seed": split_seed, "limit": limit},
+        options={"root": os.path.abspath(root), "split_fractions": list(split_fractions), "split_seed": split_seed, "limit": limit,
+                 "checks": checks.to_dict()},
         notes=["split: seeded random split by patient (CODE-15 has no official split)"],
         num_proc=num_proc,
         overwrite=overwrite,

@@ -2,11 +2,16 @@
 
 They run inside DataLoader workers (the pretraining loop) and inside the ``Trainer``, so the
 preprocessing a checkpoint was trained with is applied exactly once, in one place.
+
+Masked leads: a row's ``masked_leads`` (flat, clipped or absent leads the dataset zeroed, see
+``ecg_hub.data.records``) reach the model as missing leads, ``lead_mask`` 0 and zeros, because the
+rows go to the feature extractor whole and it honours that field. Code that selects columns
+before collating must keep it: :data:`COLLATOR_COLUMNS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +19,10 @@ import torch
 
 from ecg_hub.data.labels import multi_hot
 from ecg_hub.modeling.feature_extraction_ecg import EcgFeatureExtractor
+from ecg_hub.modeling.leads import canonicalize_leads
+
+#: Dataset columns :class:`EcgCollator` reads for the ECG inputs (label columns come on top).
+COLLATOR_COLUMNS: tuple[str, ...] = ("signal", "sampling_rate", "leads", "record_id", "masked_leads")
 
 
 class EcgCollator:
@@ -36,6 +45,7 @@ class EcgCollator:
 
     Returns (``__call__``): ``{"input_values": (B, L, T) float32, "attention_mask": (B, T),
     "lead_mask": (B, L)}`` plus ``labels`` when requested (``label_column`` or ``token_column``).
+    Leads a row lists in ``masked_leads`` have ``lead_mask`` 0 and zero ``input_values``.
     """
 
     def __init__(
@@ -95,6 +105,7 @@ class EcgCollator:
             return_tensors="pt",
         )
         batch = dict(features)
+        self._check_masked_leads(rows, batch)
         if self.label_column is not None:
             positives = [row[self.label_column] for row in rows]
             if self.single_label:
@@ -110,6 +121,26 @@ class EcgCollator:
         if self.token_column is not None:
             batch["labels"] = self._token_labels(rows)
         return batch
+
+    def _check_masked_leads(self, rows: Sequence[dict[str, Any]], batch: dict[str, torch.Tensor]) -> None:
+        """Raise if a lead a row masks reached the model as present: a feature extractor that ignores
+        ``masked_leads`` (e.g. remote code published before masking) would feed it a dead electrode."""
+        lead_mask = batch.get("lead_mask")
+        targets = list(getattr(self.feature_extractor, "leads", ()))
+        if lead_mask is None or not targets:
+            return
+        for i, row in enumerate(rows):
+            masked = row.get("masked_leads") if isinstance(row, Mapping) else None
+            if masked is None or not len(masked):
+                continue
+            names = canonicalize_leads([str(lead) for lead in masked])  # the extractor accepted them
+            leaked = [lead for lead in names if lead in targets and int(lead_mask[i, targets.index(lead)])]
+            if leaked:
+                raise ValueError(
+                    f"record {row.get('record_id', '?')}: masked lead(s) {leaked} came out of "
+                    f"{type(self.feature_extractor).__name__} with lead_mask 1; expected 0 (missing). The feature "
+                    "extractor must honour the rows' masked_leads (ecg_hub.modeling.feature_extraction_ecg does)"
+                )
 
     def _token_labels(self, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
         """(batch, leads * patches) int64 of the rows' ``token_column`` (shorter rows padded with -100)."""

@@ -15,7 +15,8 @@ CSV format (one row per record; UTF-8, header row):
 
 Without a ``split`` column, ``split`` is a seeded random 80/10/10 split by patient (by record when
 there is no ``patient_id``). Records listed but not on disk, records on disk but not listed, and
-records failing the reader's checks are skipped and reported.
+records failing the reader's record checks are skipped and reported; flat, clipped or absent leads
+are zeroed and listed in ``masked_leads`` instead (``ecg_hub.data.records``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from .builder import PrepareResult, SkippedRecord, build_dataset, record_features, signal_feature
+from .builder import (
+    PrepareResult,
+    SkippedRecord,
+    build_dataset,
+    record_columns,
+    record_features,
+    signal_feature,
+)
 from .labels import assign_random_split
 from .records import SignalChecks, read_wfdb_record
 
@@ -49,9 +57,7 @@ def _truthy(value: Any, record_id: str, column: str) -> bool:
 def _load_folder_row(task: dict[str, Any], checks: SignalChecks, label_set: str, extra_columns: Sequence[str]) -> dict[str, Any]:
     record = read_wfdb_record(task["path"], record_id=task["record_id"], checks=checks)
     row = {
-        "signal": record.signal,
-        "sampling_rate": record.sampling_rate,
-        "leads": record.leads,
+        **record_columns(record),
         "record_id": task["record_id"],
         "patient_id": task["patient_id"],
         label_set: task["labels"],
@@ -92,7 +98,8 @@ def prepare_folder(
 
     Columns: ``signal`` (leads, samples) float32 mV, ``sampling_rate``, ``leads``, ``record_id``,
     ``patient_id``, ``<label_set>`` (classes sorted by name for a ``labels`` column, in CSV order for
-    class columns), ``split``, and ``fold``/``report``/``age``/``sex`` when the CSV has them.
+    class columns), ``split``, ``masked_leads`` / ``masked_lead_reasons`` (flat, clipped or absent leads,
+    zeroed: ``ecg_hub.data.records``), and ``fold``/``report``/``age``/``sex`` when the CSV has them.
     """
     import datasets
     import pandas as pd
@@ -178,10 +185,11 @@ def prepare_folder(
     extra_features = {"split": datasets.Value("string")}
     types = {"fold": datasets.Value("int32"), "report": datasets.Value("string"), "age": datasets.Value("float32"), "sex": datasets.Value("string")}
     extra_features.update({c: types[c] for c in extra_columns})
-    features = record_features(signal_feature(None, None), {label_set: class_names}, extra_features)
+    features = record_features(signal_feature(None, None), {label_set: class_names}, extra_features, masked_leads=True)
+    checks = checks or SignalChecks()
     return build_dataset(
         tasks,
-        partial(_load_folder_row, checks=checks or SignalChecks(), label_set=label_set, extra_columns=tuple(extra_columns)),
+        partial(_load_folder_row, checks=checks, label_set=label_set, extra_columns=tuple(extra_columns)),
         features,
         out_dir,
         source="folder",
@@ -189,7 +197,8 @@ def prepare_folder(
         skipped=skipped,
         options={"root": os.path.abspath(root), "labels_csv": os.path.abspath(os.fspath(labels_csv)), "id_column": id_column,
                  "label_column": label_column if use_label_column else None, "label_columns": None if use_label_column else class_names,
-                 "label_set": label_set, "split_fractions": list(split_fractions), "split_seed": split_seed},
+                 "label_set": label_set, "split_fractions": list(split_fractions), "split_seed": split_seed,
+                 "checks": checks.to_dict()},
         num_proc=num_proc,
         overwrite=overwrite,
         progress=progress,

@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from .builder import PrepareResult, SkippedRecord, build_dataset, record_features, signal_feature
+from .builder import (
+    PrepareResult,
+    SkippedRecord,
+    build_dataset,
+    record_columns,
+    record_features,
+    signal_feature,
+)
 from .records import SignalChecks, read_wfdb_record
 
 #: The label sets every PTB-XL dataset gets, in column order.
@@ -143,9 +150,7 @@ def read_merl_split(root: str, task: str) -> tuple[dict[int, str], dict[int, lis
 def _load_ptbxl_row(task: dict[str, Any], checks: SignalChecks, indices: dict[str, dict[str, int]]) -> dict[str, Any]:
     record = read_wfdb_record(task["path"], record_id=task["record_id"], checks=checks)
     row = {
-        "signal": record.signal,
-        "sampling_rate": record.sampling_rate,
-        "leads": record.leads,
+        **record_columns(record),
         "record_id": task["record_id"],
         "patient_id": task["patient_id"],
     }
@@ -186,10 +191,11 @@ def prepare_ptbxl(
     Columns: ``signal`` (12, 10*rate) float32 mV, ``sampling_rate``, ``leads``, ``record_id`` (ecg_id),
     ``patient_id``, the label sets of :data:`PTBXL_LABEL_SETS`, ``report`` (mostly German free text),
     ``scp_codes`` (JSON of statement -> likelihood), ``fold``, ``split``, ``age`` (years, ages >= 90 as
-    in the metadata), ``sex`` (``male``/``female``), plus ``merl_<task>`` with ``split="merl"``.
+    in the metadata), ``sex`` (``male``/``female``), ``masked_leads`` / ``masked_lead_reasons`` (flat,
+    clipped or absent leads, zeroed: ``ecg_hub.data.records``), plus ``merl_<task>`` with ``split="merl"``.
 
-    Records listed in the database but missing on disk, or failing the reader's checks, are skipped
-    and reported in the summary, never fatal.
+    Records listed in the database but missing on disk, or failing the reader's record checks, are
+    skipped and reported in the summary, never fatal.
     """
     import datasets
     import pandas as pd
@@ -263,6 +269,7 @@ def prepare_ptbxl(
             "age": datasets.Value("float32"),
             "sex": datasets.Value("string"),
         },
+        masked_leads=True,
     )
     checks = checks or SignalChecks(expected_sampling_rate=sampling_rate)
     indices = {name: {c: i for i, c in enumerate(names)} for name, names in class_names.items()}
@@ -284,7 +291,7 @@ def prepare_ptbxl(
         homepage="https://physionet.org/content/ptb-xl/",
         skipped=skipped,
         options={"root": os.path.abspath(root), "sampling_rate": sampling_rate, "split": split,
-                 "merl_task": merl_task, "min_likelihood": min_likelihood, "limit": limit},
+                 "merl_task": merl_task, "min_likelihood": min_likelihood, "limit": limit, "checks": checks.to_dict()},
         notes=notes,
         num_proc=num_proc,
         overwrite=overwrite,

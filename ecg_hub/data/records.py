@@ -2,9 +2,21 @@
 
 Every reader returns an :class:`EcgRecord`: a ``(leads, samples)`` float32 array in millivolts (mV),
 the sampling rate in Hz, the canonical lead names (``ecg_hub.modeling.leads``) in standard
-clinical order, and a metadata dict. Every reader runs :func:`validate_signal`, which raises a
-``ValueError`` naming the record, the field and what was expected when the record is unusable
-(truncated file, NaNs, flat or clipped leads, missing or implausible sampling rate, missing leads).
+clinical order, the leads it masks, and a metadata dict.
+
+Bad leads versus bad records. A single dead electrode should not cost the whole recording: every
+model takes missing leads through ``lead_mask``. So a lead that is flat (disconnected electrode,
+zero-filled channel), clipped at one value for too much of the record (saturated amplifier) or
+absent (a required lead neither in the file nor derivable from I and II) is *masked*: its row is
+set to zeros and the record lists it in ``masked_leads`` with the reason (``"flat"``,
+``"clipped"``, ``"absent"``) at the same position of ``masked_lead_reasons``; the dataset writes
+both as columns and the feature extractor turns them into ``lead_mask`` 0. A masked lead is never
+used to derive III/aVR/aVL/aVF, so no derived lead carries a dead electrode's signal.
+
+Records too broken to use still raise a ``ValueError`` naming the record, the field and what was
+expected (truncated file, NaN/inf values, implausible amplitude = wrong units, missing or
+implausible sampling rate, too short, no usable lead, fewer than ``min_usable_leads``), and so do
+bad leads with ``SignalChecks(drop_records_with_bad_leads=True)`` (the behaviour before masking).
 Dataset builders catch those errors, skip the record and report the reason.
 
 Formats:
@@ -15,6 +27,7 @@ Formats:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -35,6 +48,13 @@ _WFDB_BYTES_PER_SAMPLE = {
 _UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nu": None}
 
 
+#: Reasons a lead is masked (``masked_lead_reasons`` values), in the order they are checked.
+LEAD_FLAT = "flat"
+LEAD_CLIPPED = "clipped"
+LEAD_ABSENT = "absent"
+MASK_REASONS: tuple[str, ...] = (LEAD_FLAT, LEAD_CLIPPED, LEAD_ABSENT)
+
+
 @dataclass
 class SignalChecks:
     """What :func:`validate_signal` accepts. Defaults were calibrated on the real records in
@@ -42,19 +62,29 @@ class SignalChecks:
     non-flat real records trips them.
 
     Attributes:
-        required_leads: leads that must be present (after deriving III, aVR, aVL, aVF from I and II
-            when ``derive_limb_leads`` is set). ``None`` accepts any non-empty lead set.
-        derive_limb_leads: compute missing III/aVR/aVL/aVF from I and II (Einthoven/Goldberger).
+        required_leads: leads every record must have rows for (after deriving III, aVR, aVL, aVF
+            from I and II when ``derive_limb_leads`` is set). A required lead that is neither
+            recorded nor derivable is zero-filled and masked as ``"absent"`` (or, with
+            ``drop_records_with_bad_leads``, the record is skipped). ``None`` accepts any
+            non-empty lead set and keeps just the recorded (and derived) leads.
+        derive_limb_leads: compute missing III/aVR/aVL/aVF from I and II (Einthoven/Goldberger),
+            from usable (unmasked) I and II only.
         expected_sampling_rate: if set, the record's sampling rate must equal it (Hz).
         min_sampling_rate, max_sampling_rate: plausible range for an ECG sampling rate (Hz).
         min_duration_s: shortest accepted record, in seconds.
         max_abs_mv: largest plausible absolute value in mV; larger values usually mean wrong units
-            (microvolts or ADC counts stored as mV). Real records here reach about 20 mV.
+            (microvolts or ADC counts stored as mV), so the whole record is skipped. Real records
+            here reach about 20 mV.
         flat_peak_to_peak_mv: a lead whose peak-to-peak range is below this (mV) is flat
             (disconnected electrode, zero-filled lead). Real leads here span at least 0.2 mV.
         clipped_fraction: a lead with at least this fraction of its samples exactly at its maximum
-            or at its minimum is clipped (amplifier saturation). Real leads here reach 2.7 %.
-        allow_flat_leads, allow_clipped_leads: turn those two checks off.
+            or at its minimum is clipped beyond use (amplifier saturation). Real leads here reach 2.7 %.
+        allow_flat_leads, allow_clipped_leads: turn those two checks off (the lead is kept as
+            recorded, neither masked nor a reason to skip).
+        drop_records_with_bad_leads: skip a record with any flat, clipped or absent lead, as before
+            lead masking, instead of zeroing and masking those leads.
+        min_usable_leads: fewest unmasked leads a kept record must have (recorded or derived);
+            a record with no usable lead at all is always skipped.
     """
 
     required_leads: Sequence[str] | None = STANDARD_LEADS
@@ -68,6 +98,14 @@ class SignalChecks:
     clipped_fraction: float = 0.05
     allow_flat_leads: bool = False
     allow_clipped_leads: bool = False
+    drop_records_with_bad_leads: bool = False
+    min_usable_leads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, as the prepare summary's ``options["checks"]`` records them."""
+        data = dataclasses.asdict(self)
+        data["required_leads"] = None if self.required_leads is None else list(self.required_leads)
+        return data
 
 
 @dataclass
@@ -75,11 +113,15 @@ class EcgRecord:
     """One ECG record in memory.
 
     Attributes:
-        signal: ``(leads, samples)`` float32 array in mV.
+        signal: ``(leads, samples)`` float32 array in mV; rows of masked leads are zeros.
         sampling_rate: samples per second (Hz), an integer.
-        leads: canonical lead names, one per row of ``signal``, in standard clinical order.
+        leads: canonical lead names, one per row of ``signal``, in standard clinical order
+            (masked leads included: they have a row).
         record_id: the record's name (file stem) or database id.
         metadata: source-specific fields (``age``, ``sex``, ``dx`` codes, header ``comments`` ...).
+        masked_leads: leads of ``leads`` whose rows are zeroed because they are unusable, in
+            ``leads`` order; models must see them as missing (``lead_mask`` 0).
+        masked_lead_reasons: why, one of :data:`MASK_REASONS` per entry of ``masked_leads``.
     """
 
     signal: np.ndarray
@@ -87,6 +129,8 @@ class EcgRecord:
     leads: list[str]
     record_id: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    masked_leads: list[str] = field(default_factory=list)
+    masked_lead_reasons: list[str] = field(default_factory=list)
 
     @property
     def num_samples(self) -> int:
@@ -95,6 +139,12 @@ class EcgRecord:
     @property
     def duration_s(self) -> float:
         return self.num_samples / self.sampling_rate
+
+    @property
+    def usable_leads(self) -> list[str]:
+        """The leads that carry a recorded (or derived) signal: ``leads`` minus ``masked_leads``."""
+        masked = set(self.masked_leads)
+        return [lead for lead in self.leads if lead not in masked]
 
 
 def _fail(record_id: str, field_name: str, problem: str) -> ValueError:
@@ -124,26 +174,10 @@ def check_sampling_rate(sampling_rate: Any, record_id: str, checks: SignalChecks
     return int(round(rate))
 
 
-def standardize_leads(
-    signal: np.ndarray,
-    lead_names: Sequence[str],
-    record_id: str,
-    checks: SignalChecks | None = None,
+def _canonical_channels(
+    signal: np.ndarray, lead_names: Sequence[str], record_id: str
 ) -> tuple[np.ndarray, list[str], list[str]]:
-    """Canonicalize lead names, drop non-ECG channels, derive missing limb leads, order leads.
-
-    Args:
-        signal: ``(channels, samples)`` array.
-        lead_names: one name per channel as written in the file (``AVR``, ``avr``, ``DII``, ``vx`` ...).
-
-    Returns:
-        ``(signal, leads, dropped)``: rows in standard clinical order, their canonical names, and the
-        names of channels that are not one of the 12 standard leads (e.g. Frank ``vx``), dropped.
-
-    Raises:
-        ValueError: a lead appears twice, or a required lead is missing.
-    """
-    checks = checks or SignalChecks()
+    """Rows of the standard leads under their canonical names, and the names of dropped channels."""
     if signal.ndim != 2 or signal.shape[0] != len(lead_names):
         raise _fail(
             record_id, "signal",
@@ -161,20 +195,112 @@ def standardize_leads(
             raise _fail(record_id, "leads", f"lists lead {canonical} twice ({list(lead_names)}); expected each lead once")
         kept_rows.append(row)
         kept_names.append(canonical)
-    signal = signal[kept_rows]
-    if checks.derive_limb_leads:
-        signal, kept_names = derive_limb_leads(signal, kept_names)
     if not kept_names:
         raise _fail(record_id, "leads", f"has no standard ECG lead among {list(lead_names)}; expected e.g. {list(STANDARD_LEADS)}")
+    return signal[kept_rows], kept_names, dropped
+
+
+def _complete_leads(
+    signal: np.ndarray,
+    leads: Sequence[str],
+    record_id: str,
+    checks: SignalChecks,
+    unusable: Sequence[str] = (),
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Derive missing limb leads (from usable I and II only), zero-fill absent required leads,
+    and put the rows in standard clinical order.
+
+    Returns ``(signal, leads, absent)``: ``absent`` are the required leads that were zero-filled.
+    With ``checks.drop_records_with_bad_leads`` an absent required lead raises instead.
+    """
+    leads = list(leads)
+    if checks.derive_limb_leads:
+        blocked = set(unusable)
+        sources = [lead for lead in leads if lead not in blocked]
+        if "I" in sources and "II" in sources:
+            rows = [leads.index("I"), leads.index("II")]
+            derived, names = derive_limb_leads(signal[rows], ["I", "II"])
+            new = [i for i, name in enumerate(names) if name not in leads]
+            if new:
+                signal = np.concatenate([signal, derived[new]], axis=0)
+                leads = leads + [names[i] for i in new]
+    absent: list[str] = []
     if checks.required_leads is not None:
-        missing = [lead for lead in checks.required_leads if lead not in kept_names]
-        if missing:
+        absent = [lead for lead in checks.required_leads if lead not in leads]
+        if absent and checks.drop_records_with_bad_leads:
             raise _fail(
                 record_id, "leads",
-                f"is missing {', '.join(missing)} (has {', '.join(kept_names)}); expected {', '.join(checks.required_leads)}",
+                f"is missing {', '.join(absent)} (has {', '.join(leads)}); expected {', '.join(checks.required_leads)}",
             )
-    order = sorted(range(len(kept_names)), key=lambda i: STANDARD_LEADS.index(kept_names[i]))
-    return signal[order], [kept_names[i] for i in order], dropped
+        if absent:
+            signal = np.concatenate([signal, np.zeros((len(absent), signal.shape[1]), dtype=signal.dtype)], axis=0)
+            leads = leads + absent
+    order = sorted(range(len(leads)), key=lambda i: STANDARD_LEADS.index(leads[i]))
+    return signal[order], [leads[i] for i in order], absent
+
+
+def standardize_leads(
+    signal: np.ndarray,
+    lead_names: Sequence[str],
+    record_id: str,
+    checks: SignalChecks | None = None,
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Canonicalize lead names, drop non-ECG channels, derive missing limb leads, order leads.
+
+    Args:
+        signal: ``(channels, samples)`` array.
+        lead_names: one name per channel as written in the file (``AVR``, ``avr``, ``DII``, ``vx`` ...).
+
+    Returns:
+        ``(signal, leads, dropped)``: rows in standard clinical order, their canonical names, and the
+        names of channels that are not one of the 12 standard leads (e.g. Frank ``vx``), dropped.
+
+    Raises:
+        ValueError: a lead appears twice, or a required lead is missing. (This helper looks at names
+            only; :func:`make_record` zero-fills and masks absent leads instead.)
+    """
+    checks = checks or SignalChecks()
+    signal, leads, dropped = _canonical_channels(signal, lead_names, record_id)
+    strict = dataclasses.replace(checks, drop_records_with_bad_leads=True)
+    signal, leads, _ = _complete_leads(signal, leads, record_id, strict)
+    return signal, leads, dropped
+
+
+def find_bad_leads(signal: np.ndarray, leads: Sequence[str], checks: SignalChecks | None = None) -> dict[str, str]:
+    """``{lead: "flat" | "clipped"}`` for the leads of a ``(leads, samples)`` mV signal that are
+    unusable, in row order (a flat lead is not also clipped). ``allow_*`` checks are skipped.
+
+    Flat: peak-to-peak below ``flat_peak_to_peak_mv``. Clipped: at least ``clipped_fraction`` of the
+    samples sit exactly (to 0.1 uV) at the lead's maximum or at its minimum, as a saturated amplifier
+    pins the signal at one value.
+    """
+    checks = checks or SignalChecks()
+    if signal.shape[1] == 0:
+        return {}
+    high = signal.max(axis=1)
+    low = signal.min(axis=1)
+    spans = high - low
+    flat = spans < checks.flat_peak_to_peak_mv
+    bad: dict[str, str] = {}
+    if not checks.allow_flat_leads:
+        bad.update({lead: LEAD_FLAT for lead, is_flat in zip(leads, flat) if is_flat})
+    if not checks.allow_clipped_leads:
+        tolerance = 1e-4
+        at_high = (signal >= high[:, None] - tolerance).sum(axis=1) / signal.shape[1]
+        at_low = (signal <= low[:, None] + tolerance).sum(axis=1) / signal.shape[1]
+        fraction = np.maximum(at_high, at_low)
+        for lead, frac, is_flat in zip(leads, fraction, flat):
+            if frac >= checks.clipped_fraction and not is_flat:  # flat is not clipped
+                bad[lead] = LEAD_CLIPPED
+    return {lead: bad[lead] for lead in leads if lead in bad}
+
+
+def _describe(bad: dict[str, str]) -> str:
+    """``{"V1": "flat", "V2": "flat", "II": "clipped"}`` -> ``"flat: V1, V2; clipped: II"``."""
+    return "; ".join(
+        f"{reason}: {', '.join(lead for lead, why in bad.items() if why == reason)}"
+        for reason in MASK_REASONS if reason in bad.values()
+    )
 
 
 def validate_signal(
@@ -183,17 +309,21 @@ def validate_signal(
     leads: Sequence[str],
     record_id: str,
     checks: SignalChecks | None = None,
-) -> None:
-    """Check a ``(leads, samples)`` signal in mV; raise ``ValueError`` naming record, field and expectation.
+) -> dict[str, str]:
+    """Check a ``(leads, samples)`` signal in mV; raise ``ValueError`` naming record, field and
+    expectation when the record is unusable, and return the leads to mask.
 
-    Checks, in order: shape, duration (``min_duration_s``), finite values (no NaN/inf), plausible
-    amplitude (``max_abs_mv``), flat leads, clipped leads. See :class:`SignalChecks`.
+    Record-level checks, in order: shape, duration (``min_duration_s``), finite values (no
+    NaN/inf), plausible amplitude (``max_abs_mv``); then lead-level checks (:func:`find_bad_leads`:
+    flat, clipped). Bad leads raise with ``drop_records_with_bad_leads`` and when no lead is left
+    usable; otherwise they come back as ``{lead: reason}`` (empty when all leads are fine) for the
+    caller to zero and mask. See :class:`SignalChecks`.
     """
     checks = checks or SignalChecks()
     if signal.ndim != 2 or signal.shape[0] != len(leads):
         raise _fail(record_id, "signal", f"has shape {tuple(signal.shape)}; expected ({len(leads)} leads, samples)")
     num_samples = signal.shape[1]
-    if num_samples < checks.min_duration_s * sampling_rate:
+    if num_samples < checks.min_duration_s * sampling_rate or num_samples == 0:
         raise _fail(
             record_id, "signal",
             f"has {num_samples} samples ({num_samples / sampling_rate:.2f} s at {sampling_rate} Hz); "
@@ -212,34 +342,38 @@ def validate_signal(
             f"reaches {peak:.4g} mV in lead {lead}; expected |values| <= {checks.max_abs_mv:g} mV "
             "(wrong units? signals must be in millivolts)",
         )
-    high = signal.max(axis=1)
-    low = signal.min(axis=1)
-    if not checks.allow_flat_leads:
-        flat = [lead for lead, span in zip(leads, high - low) if span < checks.flat_peak_to_peak_mv]
+    bad_leads = find_bad_leads(signal, leads, checks)
+    if not bad_leads:
+        return {}
+    if checks.drop_records_with_bad_leads:
+        # The messages records were skipped with before lead masking (summaries group by them).
+        flat = [lead for lead, why in bad_leads.items() if why == LEAD_FLAT]
         if flat:
             raise _fail(
                 record_id, "signal",
                 f"has flat lead {', '.join(flat)} (peak-to-peak < {checks.flat_peak_to_peak_mv:g} mV); "
                 "expected a recorded ECG in every lead",
             )
-    if not checks.allow_clipped_leads:
-        # A saturated amplifier pins the signal at one value: count samples sitting exactly (to 0.1 uV)
-        # at the lead's extreme values.
-        tolerance = 1e-4
-        at_high = (signal >= high[:, None] - tolerance).sum(axis=1) / num_samples
-        at_low = (signal <= low[:, None] + tolerance).sum(axis=1) / num_samples
-        fraction = np.maximum(at_high, at_low)
-        spans = high - low
-        clipped = [
-            f"{lead} ({frac:.0%} of samples)" for lead, frac, span in zip(leads, fraction, spans)
-            if frac >= checks.clipped_fraction and span >= checks.flat_peak_to_peak_mv  # flat is not clipped
-        ]
-        if clipped:
-            raise _fail(
-                record_id, "signal",
-                f"has clipped lead {', '.join(clipped)} at its extreme value; expected fewer than "
-                f"{checks.clipped_fraction:.0%} of samples at the lead's maximum or minimum",
+        high, low = signal.max(axis=1), signal.min(axis=1)
+        details = []
+        for lead in (lead for lead, why in bad_leads.items() if why == LEAD_CLIPPED):
+            row = list(leads).index(lead)
+            frac = max(
+                float((signal[row] >= high[row] - 1e-4).mean()), float((signal[row] <= low[row] + 1e-4).mean())
             )
+            details.append(f"{lead} ({frac:.0%} of samples)")
+        raise _fail(
+            record_id, "signal",
+            f"has clipped lead {', '.join(details)} at its extreme value; expected fewer than "
+            f"{checks.clipped_fraction:.0%} of samples at the lead's maximum or minimum",
+        )
+    if len(bad_leads) == len(leads):
+        raise _fail(
+            record_id, "signal",
+            f"has no usable lead ({_describe(bad_leads)}); expected at least one lead that is neither flat "
+            f"(peak-to-peak >= {checks.flat_peak_to_peak_mv:g} mV) nor clipped",
+        )
+    return bad_leads
 
 
 def make_record(
@@ -252,19 +386,41 @@ def make_record(
 ) -> EcgRecord:
     """Build a validated :class:`EcgRecord` from a ``(channels, samples)`` array in mV.
 
-    Canonicalizes and orders leads (dropping non-ECG channels), derives missing limb leads, casts to
-    float32 and runs :func:`validate_signal`.
+    Canonicalizes lead names (dropping non-ECG channels), casts to float32, runs
+    :func:`validate_signal` on the recorded leads, zeroes the flat and clipped ones, derives missing
+    limb leads from usable I and II, zero-fills absent required leads, orders the leads and records
+    the masked ones (``masked_leads`` / ``masked_lead_reasons``).
+
+    Raises:
+        ValueError: for an unusable record (see the module docstring), naming record, field and expectation.
     """
     checks = checks or SignalChecks()
     rate = check_sampling_rate(sampling_rate, record_id, checks)
-    signal = np.asarray(signal)
-    signal, leads, dropped = standardize_leads(signal, lead_names, record_id, checks)
-    signal = np.ascontiguousarray(signal, dtype=np.float32)
-    validate_signal(signal, rate, leads, record_id, checks)
+    signal, leads, dropped = _canonical_channels(np.asarray(signal), lead_names, record_id)
+    # Checks run on the float32 values the dataset will hold; limb leads are derived from the
+    # file's own precision (float64 from wfdb) and cast once, as the stored leads are.
+    bad = validate_signal(np.ascontiguousarray(signal, dtype=np.float32), rate, leads, record_id, checks)
+    signal = np.array(signal, dtype=np.float64)  # a copy: masked rows are zeroed in place
+    for lead in bad:
+        signal[leads.index(lead)] = 0.0
+    signal, leads, absent = _complete_leads(signal, leads, record_id, checks, unusable=list(bad))
+    signal = signal.astype(np.float32)
+    reasons = {**bad, **{lead: LEAD_ABSENT for lead in absent}}
+    masked = [lead for lead in leads if lead in reasons]
+    usable = len(leads) - len(masked)
+    if usable < checks.min_usable_leads:
+        raise _fail(
+            record_id, "leads",
+            f"has {usable} usable leads ({_describe({lead: reasons[lead] for lead in masked})}); "
+            f"expected at least {checks.min_usable_leads}",
+        )
     metadata = dict(metadata or {})
     if dropped:
         metadata["dropped_channels"] = dropped
-    return EcgRecord(signal=signal, sampling_rate=rate, leads=leads, record_id=record_id, metadata=metadata)
+    return EcgRecord(
+        signal=np.ascontiguousarray(signal), sampling_rate=rate, leads=leads, record_id=record_id, metadata=metadata,
+        masked_leads=masked, masked_lead_reasons=[reasons[lead] for lead in masked],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,11 +517,13 @@ def read_wfdb_record(
 
     Returns:
         An :class:`EcgRecord` in mV with standard lead order. ``metadata`` holds the parsed header
-        comments (``age``, ``sex``, ``dx`` ...) and the raw ``comments`` list.
+        comments (``age``, ``sex``, ``dx`` ...) and the raw ``comments`` list. Flat, clipped and
+        absent leads are zeroed and listed in ``masked_leads`` (module docstring).
 
     Raises:
         ValueError: naming the record, the field and the expectation, for missing/truncated files,
-            missing sampling rate, unknown units, missing leads and every check of :func:`validate_signal`.
+            missing sampling rate, unknown units and every record-level check of
+            :func:`validate_signal` (and bad or absent leads with ``drop_records_with_bad_leads``).
     """
     import wfdb
 

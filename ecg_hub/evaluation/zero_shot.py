@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ecg_hub.data.collators import EcgCollator
+from ecg_hub.data.collators import COLLATOR_COLUMNS, EcgCollator
 from ecg_hub.data.labels import label_names, multi_hot
-from ecg_hub.inference import INPUT_COLUMNS, collect_outputs
+from ecg_hub.inference import collect_outputs
 from ecg_hub.prompt_ensemble import encode_class_prompts, pooled_embedding
 from ecg_hub.utils import accepted_kwargs
 
@@ -161,7 +161,7 @@ def zero_shot_scores(
         if scores.shape != (len(dataset), len(class_prompts)):
             raise ValueError(f"score_fn returned shape {scores.shape}, expected ({len(dataset)}, {len(class_prompts)})")
         return scores
-    columns = [c for c in INPUT_COLUMNS if c in dataset.column_names]
+    columns = [c for c in COLLATOR_COLUMNS if c in dataset.column_names]  # with masked_leads
     view = dataset.select_columns(columns).with_format("numpy", columns=["signal"], output_all_columns=True)
     scores = []
     for start in range(0, len(view), batch_size):
