@@ -357,3 +357,70 @@ def test_kill_9_at_a_bad_moment_then_resume_ends_with_the_same_weights(
     assert f"resumed from {checkpoints / expected_start}" in resumed.stdout + resumed.stderr
     _assert_same_weights(tmp_path / "run" / "model", subprocess_reference)
     assert not (tmp_path / "run" / ".model.tmp").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataset preparation: full disk, read-only folder, kill -9.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ptbxl_root(shared_data) -> Path:
+    return shared_data / "ptbxl"
+
+
+def test_prepare_on_a_full_disk_or_read_only_folder_keeps_the_previous_dataset(ptbxl_root, tmp_path, monkeypatch):
+    import datasets
+
+    from ecg_hub.data import prepare_ptbxl
+
+    out = tmp_path / "ptbxl"
+    prepare_ptbxl(ptbxl_root, out, limit=4, progress=False)
+    before = datasets.load_from_disk(str(out))["record_id"]
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full_disk)
+    with pytest.raises(OSError, match=rf"writing the dataset {out} failed: No space left on device \(ENOSPC\); "
+                       rf"the previous dataset at {out} is intact"):
+        prepare_ptbxl(ptbxl_root, out, limit=6, progress=False, overwrite=True)
+    monkeypatch.undo()
+    assert datasets.load_from_disk(str(out))["record_id"] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ptbxl"]  # no temporary folder left
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.mkdtemp", read_only)
+    with pytest.raises(OSError, match=r"Read-only file system \(EROFS\).*Make the folder writable"):
+        prepare_ptbxl(ptbxl_root, tmp_path / "elsewhere", limit=2, progress=False)
+
+
+_PREPARE_KILLER = r"""
+import os, signal, sys
+import datasets
+original = datasets.Dataset.save_to_disk
+def save_to_disk(self, path, *args, **kwargs):
+    original(self, path, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # the dataset is written to its temporary folder, not renamed
+datasets.Dataset.save_to_disk = save_to_disk
+from ecg_hub.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_prepare_killed_before_the_rename_leaves_no_dataset_and_a_rerun_completes(ptbxl_root, tmp_path):
+    import datasets
+
+    script = tmp_path / "killer.py"
+    script.write_text(_PREPARE_KILLER)
+    out = tmp_path / "data" / "ptbxl"
+    out.parent.mkdir()
+    command = ["data", "prepare", "ptbxl", "--root", str(ptbxl_root), "--out", str(out), "--no-progress", "--limit", "40"]
+    killed = subprocess.run([sys.executable, str(script), *command], capture_output=True, text=True, check=False, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not out.exists()  # only a temporary folder beside it
+    rerun = subprocess.run([sys.executable, "-m", "ecg_hub", *command], capture_output=True, text=True, check=False, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(datasets.load_from_disk(str(out))) == 40

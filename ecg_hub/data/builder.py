@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ecg_hub.modeling.leads import STANDARD_LEADS
+from ecg_hub.utils import explain_disk_errors
 
 #: Name of the JSON file, inside a prepared dataset folder, that holds the prepare summary.
 SUMMARY_FILE = "ecg_hub_summary.json"
@@ -337,88 +338,91 @@ def build_dataset(
     masked_records: Counter[str] = Counter()
     masked_leads: dict[str, Counter[str]] = {}
 
-    work_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    keeps = f"the previous dataset at {out_dir} is intact" if os.path.exists(out_dir) else f"nothing was written to {out_dir}"
+    with explain_disk_errors(f"writing the dataset {out_dir}", keeps):
+        work_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
     try:
-        arrow_path = os.path.join(work_dir, "records.arrow")
-        bar = tqdm(total=len(tasks), desc=f"prepare {source}", unit="rec", disable=not progress, dynamic_ncols=True)
-        with ArrowWriter(features=features, path=arrow_path, writer_batch_size=writer_batch_size) as writer:
-            for ok, item in _iterate(tasks, load_row, num_proc):
-                bar.update(1)
-                if not ok:
-                    summary.skipped.append(item)
-                    bar.set_postfix(skipped=len(summary.skipped), refresh=False)
-                    continue
-                signal = item["signal"]
-                if fixed_shape is not None and tuple(signal.shape) != fixed_shape:
-                    summary.skipped.append(SkippedRecord(
-                        str(item["record_id"]),
-                        f"record {item['record_id']!r}: field 'signal' has shape {tuple(signal.shape)}; "
-                        f"expected {fixed_shape} (leads, samples) like the rest of this dataset",
-                    ))
-                    continue
-                writer.write(item)
-                summary.num_records += 1
-                for name in label_cols:
-                    counts[name][np.asarray(item[name], dtype=np.int64)] += 1
-                if "split" in item and item["split"] is not None:
-                    split_counts[item["split"]] += 1
-                rates[str(item["sampling_rate"])] += 1
-                lengths.append(int(signal.shape[-1]))
-                masked = list(item.get("masked_leads") or ())
-                if masked:
-                    reasons = list(item.get("masked_lead_reasons") or ())
-                    if len(reasons) != len(masked):
-                        raise ValueError(
-                            f"record {item['record_id']!r}: field 'masked_lead_reasons' has {len(reasons)} entries; "
-                            f"expected one per masked lead ({len(masked)}: {masked})"
-                        )
-                    summary.masked.append(MaskedRecord(str(item["record_id"]), masked, reasons))
-                    for reason in dict.fromkeys(reasons):
-                        masked_records[reason] += 1
-                    for lead, reason in zip(masked, reasons):
-                        masked_leads.setdefault(reason, Counter())[lead] += 1
-            bar.close()
-            if summary.num_records == 0:
-                first = "; ".join(s.reason for s in summary.skipped[:3])
-                raise ValueError(f"{source}: no usable record among {len(tasks)} (first reasons: {first or 'no records found'})")
-            writer.finalize()
-        summary.num_skipped = len(summary.skipped)
-        summary.num_with_masked_leads = len(summary.masked)
-        summary.masked_record_counts = dict(masked_records.most_common())
-        lead_order = {lead: i for i, lead in enumerate(STANDARD_LEADS)}
-        summary.masked_lead_counts = {
-            reason: dict(sorted(masked_leads[reason].items(), key=lambda kv: lead_order.get(kv[0], len(lead_order))))
-            for reason in summary.masked_record_counts
-        }
-        summary.label_counts = {
-            name: {cls: int(c) for cls, c in zip(features[name].feature.names, counts[name])} for name in label_cols
-        }
-        absent = {name: [c for c, n in found.items() if n == 0] for name, found in summary.label_counts.items()}
-        absent = {name: classes for name, classes in absent.items() if classes}
-        if absent:
-            summary.notes.append(
-                "classes with no record here: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in absent.items())
-            )
-        summary.split_counts = {name: split_counts[name] for name in ("train", "validation", "test") if name in split_counts}
-        summary.split_counts.update({k: v for k, v in split_counts.items() if k not in summary.split_counts})
-        summary.sampling_rates = dict(sorted(rates.items(), key=lambda kv: int(kv[0])))
-        summary.num_samples_min, summary.num_samples_max = min(lengths), max(lengths)
-        info = datasets.DatasetInfo(description=description, citation=citation, license=license, homepage=homepage, features=features)
-        dataset = datasets.Dataset.from_file(arrow_path, info=info)
-        final_tmp = os.path.join(work_dir, "dataset")
-        # Our own bar already covered the records; datasets' "Saving the dataset" bar would repeat it.
-        bars_were_on = datasets.utils.are_progress_bars_disabled() is False
-        datasets.utils.disable_progress_bars()
-        try:
-            dataset.save_to_disk(final_tmp)
-        finally:
-            if bars_were_on:
-                datasets.utils.enable_progress_bars()
-        del dataset
-        summary.elapsed_s = time.perf_counter() - start
-        with open(os.path.join(final_tmp, SUMMARY_FILE), "w") as handle:
-            json.dump(summary.to_dict(), handle, indent=1)
-        _replace_dir(final_tmp, out_dir, overwrite)
+        with explain_disk_errors(f"writing the dataset {out_dir}", keeps):
+            arrow_path = os.path.join(work_dir, "records.arrow")
+            bar = tqdm(total=len(tasks), desc=f"prepare {source}", unit="rec", disable=not progress, dynamic_ncols=True)
+            with ArrowWriter(features=features, path=arrow_path, writer_batch_size=writer_batch_size) as writer:
+                for ok, item in _iterate(tasks, load_row, num_proc):
+                    bar.update(1)
+                    if not ok:
+                        summary.skipped.append(item)
+                        bar.set_postfix(skipped=len(summary.skipped), refresh=False)
+                        continue
+                    signal = item["signal"]
+                    if fixed_shape is not None and tuple(signal.shape) != fixed_shape:
+                        summary.skipped.append(SkippedRecord(
+                            str(item["record_id"]),
+                            f"record {item['record_id']!r}: field 'signal' has shape {tuple(signal.shape)}; "
+                            f"expected {fixed_shape} (leads, samples) like the rest of this dataset",
+                        ))
+                        continue
+                    writer.write(item)
+                    summary.num_records += 1
+                    for name in label_cols:
+                        counts[name][np.asarray(item[name], dtype=np.int64)] += 1
+                    if "split" in item and item["split"] is not None:
+                        split_counts[item["split"]] += 1
+                    rates[str(item["sampling_rate"])] += 1
+                    lengths.append(int(signal.shape[-1]))
+                    masked = list(item.get("masked_leads") or ())
+                    if masked:
+                        reasons = list(item.get("masked_lead_reasons") or ())
+                        if len(reasons) != len(masked):
+                            raise ValueError(
+                                f"record {item['record_id']!r}: field 'masked_lead_reasons' has {len(reasons)} entries; "
+                                f"expected one per masked lead ({len(masked)}: {masked})"
+                            )
+                        summary.masked.append(MaskedRecord(str(item["record_id"]), masked, reasons))
+                        for reason in dict.fromkeys(reasons):
+                            masked_records[reason] += 1
+                        for lead, reason in zip(masked, reasons):
+                            masked_leads.setdefault(reason, Counter())[lead] += 1
+                bar.close()
+                if summary.num_records == 0:
+                    first = "; ".join(s.reason for s in summary.skipped[:3])
+                    raise ValueError(f"{source}: no usable record among {len(tasks)} (first reasons: {first or 'no records found'})")
+                writer.finalize()
+            summary.num_skipped = len(summary.skipped)
+            summary.num_with_masked_leads = len(summary.masked)
+            summary.masked_record_counts = dict(masked_records.most_common())
+            lead_order = {lead: i for i, lead in enumerate(STANDARD_LEADS)}
+            summary.masked_lead_counts = {
+                reason: dict(sorted(masked_leads[reason].items(), key=lambda kv: lead_order.get(kv[0], len(lead_order))))
+                for reason in summary.masked_record_counts
+            }
+            summary.label_counts = {
+                name: {cls: int(c) for cls, c in zip(features[name].feature.names, counts[name])} for name in label_cols
+            }
+            absent = {name: [c for c, n in found.items() if n == 0] for name, found in summary.label_counts.items()}
+            absent = {name: classes for name, classes in absent.items() if classes}
+            if absent:
+                summary.notes.append(
+                    "classes with no record here: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in absent.items())
+                )
+            summary.split_counts = {name: split_counts[name] for name in ("train", "validation", "test") if name in split_counts}
+            summary.split_counts.update({k: v for k, v in split_counts.items() if k not in summary.split_counts})
+            summary.sampling_rates = dict(sorted(rates.items(), key=lambda kv: int(kv[0])))
+            summary.num_samples_min, summary.num_samples_max = min(lengths), max(lengths)
+            info = datasets.DatasetInfo(description=description, citation=citation, license=license, homepage=homepage, features=features)
+            dataset = datasets.Dataset.from_file(arrow_path, info=info)
+            final_tmp = os.path.join(work_dir, "dataset")
+            # Our own bar already covered the records; datasets' "Saving the dataset" bar would repeat it.
+            bars_were_on = datasets.utils.are_progress_bars_disabled() is False
+            datasets.utils.disable_progress_bars()
+            try:
+                dataset.save_to_disk(final_tmp)
+            finally:
+                if bars_were_on:
+                    datasets.utils.enable_progress_bars()
+            del dataset
+            summary.elapsed_s = time.perf_counter() - start
+            with open(os.path.join(final_tmp, SUMMARY_FILE), "w") as handle:
+                json.dump(summary.to_dict(), handle, indent=1)
+            _replace_dir(final_tmp, out_dir, overwrite)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return PrepareResult(dataset=datasets.load_from_disk(out_dir), summary=summary)
