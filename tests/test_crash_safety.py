@@ -283,7 +283,8 @@ def test_text_corpus_rewrite_on_a_full_disk_keeps_the_old_corpus(tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(datasets.Dataset, "save_to_disk", full_disk)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(OSError, match=rf"writing the text corpus {out} failed: No space left on device \(ENOSPC\); "
+                       rf"the previous corpus at {out} is intact"):
         prepare_text_corpus(out, text_files=[source], min_words=1, overwrite=True)
     monkeypatch.undo()
     assert load_text_corpus(out)["text"] == before

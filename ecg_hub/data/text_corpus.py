@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ecg_hub.utils import explain_disk_errors
+
 #: JSON file, inside a corpus folder, holding the summary of :func:`prepare_text_corpus`.
 TEXT_SUMMARY_FILE = "ecg_hub_text_summary.json"
 
@@ -912,25 +914,27 @@ def prepare_text_corpus(
     info = datasets.DatasetInfo(description=description, license=licence or "", features=features)
     corpus = datasets.Dataset.from_dict(columns, features=features, info=info)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        staged = staging / "corpus"
-        bars_were_on = not datasets.utils.are_progress_bars_disabled()
-        datasets.utils.disable_progress_bars()
+    keeps = f"the previous corpus at {out} is intact" if out.exists() else f"nothing was written to {out}"
+    with explain_disk_errors(f"writing the text corpus {out}", keeps):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
         try:
-            corpus.save_to_disk(str(staged))
+            staged = staging / "corpus"
+            bars_were_on = not datasets.utils.are_progress_bars_disabled()
+            datasets.utils.disable_progress_bars()
+            try:
+                corpus.save_to_disk(str(staged))
+            finally:
+                if bars_were_on:
+                    datasets.utils.enable_progress_bars()
+            summary["elapsed_s"] = round(time.perf_counter() - start, 2)
+            (staged / TEXT_SUMMARY_FILE).write_text(
+                json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+            _check_out(out, overwrite)  # it may have appeared meanwhile
+            _replace_folder(staged, out, staging)
         finally:
-            if bars_were_on:
-                datasets.utils.enable_progress_bars()
-        summary["elapsed_s"] = round(time.perf_counter() - start, 2)
-        (staged / TEXT_SUMMARY_FILE).write_text(
-            json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        _check_out(out, overwrite)  # it may have appeared meanwhile
-        _replace_folder(staged, out, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
     return summary
 
 
