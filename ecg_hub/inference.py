@@ -6,6 +6,12 @@ linear-probe features (:func:`ecg_hub.evaluation.linear_probe.extract_features`)
 scores (:func:`ecg_hub.evaluation.zero_shot.zero_shot_scores`). Callers give a ``step(batch) ->
 tensor`` that runs their model on one batch (already on the model's device) and picks the output
 they need.
+
+Precision is a setting (``dtype``): ``"float32"``, ``"bfloat16"`` (autocast: matrix products in
+bf16, accumulations and norms in float32) or ``"auto"``, which picks bf16 where the device runs it
+natively (a CUDA GPU with bf16, a CPU with AVX-512-BF16 or AMX) and float32 elsewhere, since
+emulated bf16 is slower than float32. :func:`resolve_inference_dtype` says which was chosen and why.
+Outputs always come back as float32.
 """
 
 from __future__ import annotations
@@ -19,7 +25,61 @@ from torch import nn
 
 from ecg_hub.data.collators import COLLATOR_COLUMNS, EcgCollator
 
-__all__ = ["INPUT_COLUMNS", "collect_outputs", "eval_mode", "inference_loader", "iter_outputs"]
+__all__ = [
+    "INFERENCE_DTYPES",
+    "INPUT_COLUMNS",
+    "collect_outputs",
+    "cpu_has_native_bf16",
+    "eval_mode",
+    "inference_autocast",
+    "inference_loader",
+    "iter_outputs",
+    "module_device",
+    "resolve_inference_dtype",
+]
+
+#: The precision settings of every inference path.
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512-BF16 or AMX), read from
+    ``/proc/cpuinfo`` (Linux); False when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = set(next((line for line in handle if line.startswith("flags")), "").split())
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:  # not Linux: unknown, so float32
+        return False
+
+
+def resolve_inference_dtype(dtype: str, device: str | torch.device = "cpu") -> tuple[torch.dtype, str]:
+    """``(torch dtype, reason)`` of a precision setting on ``device`` (see the module docstring)."""
+    if dtype not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+    device = torch.device(device)
+    if dtype == "float32":
+        return torch.float32, "float32 (asked)"
+    if dtype == "bfloat16":
+        return torch.bfloat16, "bfloat16 autocast (asked)"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "bfloat16 autocast (auto: the GPU supports bf16)"
+        return torch.float32, "float32 (auto: the GPU has no bf16)"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16, "bfloat16 autocast (auto: the CPU has AVX-512-BF16/AMX)"
+    return torch.float32, f"float32 (auto: {device.type} without native bf16, where bf16 would be emulated and slower)"
+
+
+@contextlib.contextmanager
+def inference_autocast(dtype: torch.dtype, device: str | torch.device = "cpu"):
+    """``torch.autocast`` in ``dtype`` on ``device`` for bf16; nothing for float32."""
+    device = torch.device(device)
+    if dtype == torch.float32:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
 
 #: Dataset columns the collator reads (others, e.g. labels, are dropped before batching), the
 #: dataset's masked leads included.
@@ -51,7 +111,7 @@ def eval_mode(module: nn.Module):
         module.train(was_training)
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def module_device(module: nn.Module) -> torch.device:
     parameter = next(module.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -65,6 +125,7 @@ def iter_outputs(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    dtype: str = "float32",
 ) -> Iterator[torch.Tensor]:
     """``step(batch)`` of every batch of ``dataset``, as CPU tensors, in dataset order.
 
@@ -76,12 +137,16 @@ def iter_outputs(
         batch_size: records per batch.
         device: where the batches go (default: the module's device).
         num_workers: DataLoader workers running the feature extractor.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"auto"`` (see the module docstring); outputs are float32.
     """
-    device = torch.device(device) if device is not None else _device_of(module)
+    device = torch.device(device) if device is not None else module_device(module)
+    compute_dtype, _ = resolve_inference_dtype(dtype, device)
     loader = inference_loader(dataset, feature_extractor, batch_size=batch_size, num_workers=num_workers)
     with eval_mode(module), torch.no_grad():
         for batch in loader:
-            yield step({k: v.to(device) for k, v in batch.items()}).cpu()
+            with inference_autocast(compute_dtype, device):
+                output = step({k: v.to(device) for k, v in batch.items()})
+            yield output.float().cpu()
 
 
 def collect_outputs(
@@ -94,13 +159,21 @@ def collect_outputs(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     empty_shape: tuple[int, ...] = (0, 0),
+    dtype: str = "float32",
 ) -> np.ndarray:
     """:func:`iter_outputs` concatenated along the first axis into one NumPy array (an empty
     float32 array of ``empty_shape`` for an empty dataset)."""
     chunks = [
         output.numpy()
         for output in iter_outputs(
-            module, dataset, feature_extractor, step, batch_size=batch_size, device=device, num_workers=num_workers
+            module,
+            dataset,
+            feature_extractor,
+            step,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            dtype=dtype,
         )
     ]
     return np.concatenate(chunks, axis=0) if chunks else np.zeros(empty_shape, dtype=np.float32)

@@ -14,6 +14,7 @@ cards (:mod:`ecg_hub.hub`) and the results tables of both commands. The schema::
         "split_sha256": {split: sha256 of the sorted record ids}
       },
       "processor_config": {...},                     # optional: the feature extractor used
+      "inference_dtype": "float32 (auto: ...)",     # optional: the precision of features and scores, and why
       "results": [                                   # one entry per (protocol, label fraction)
         {
           "protocol": "linear-probe" | "finetune" | "zero-shot",
@@ -173,6 +174,7 @@ class ResultsDocument:
         dataset: :func:`dataset_section`.
         init: ``"pretrained"`` or ``"random"`` (``None``: not recorded).
         processor_config: the feature extractor's ``to_dict()`` (``None``: not recorded).
+        inference_dtype: the precision features and scores were computed in, with why (``None``: not recorded).
         results: entries from :func:`aggregate_runs`.
         ecg_hub_version: the writing ecg-hub version.
     """
@@ -181,6 +183,7 @@ class ResultsDocument:
     dataset: dict
     init: str | None = None
     processor_config: dict | None = None
+    inference_dtype: str | None = None
     results: list[dict] = field(default_factory=list)
     ecg_hub_version: str = __version__
 
@@ -195,6 +198,8 @@ class ResultsDocument:
         document["dataset"] = self.dataset
         if self.processor_config is not None:
             document["processor_config"] = self.processor_config
+        if self.inference_dtype is not None:
+            document["inference_dtype"] = self.inference_dtype
         document["results"] = self.results
         return document
 

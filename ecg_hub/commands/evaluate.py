@@ -67,6 +67,12 @@ def register(subparsers) -> None:
     parser.add_argument("--prompts", type=Path, default=None, help="zero-shot: JSON {class: prompt} (e.g. CKEPE)")
     parser.add_argument("--scoring", choices=("cosine", "softmax"), default="cosine", help="zero-shot scoring")
     parser.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch size")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="inference precision: auto = bf16 where the CPU/GPU runs it natively, else float32 (default auto)",
+    )
     parser.add_argument("--probe-epochs", type=int, default=100, help="linear probe: maximum epochs (protocol: 100)")
     parser.add_argument(
         "--finetune-arg",
@@ -109,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         cache_dir=args.cache_dir,
         work_dir=args.work_dir,
+        dtype=args.dtype,
     )
     out = args.out or Path(args.work_dir) / "results.json"
     start = time.perf_counter()

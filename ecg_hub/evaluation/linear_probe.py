@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecg_hub.inference import collect_outputs
+from ecg_hub.inference import collect_outputs, module_device, resolve_inference_dtype
 from ecg_hub.loading import check_problem_type
 from ecg_hub.utils import accepted_kwargs
 
@@ -69,6 +69,7 @@ def extract_features(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     feature: str = "pooler_output",
+    dtype: str = "float32",
 ) -> np.ndarray:
     """Backbone features of every record of ``dataset``, in dataset order.
 
@@ -81,6 +82,7 @@ def extract_features(
         device: defaults to the model's device.
         num_workers: DataLoader workers for the feature extractor.
         feature: the output field used as the feature (``pooler_output``).
+        dtype: inference precision, ``"float32"``, ``"bfloat16"`` or ``"auto"`` (:mod:`ecg_hub.inference`).
 
     Returns:
         (N, D) float32 array.
@@ -99,7 +101,14 @@ def extract_features(
         return value.float()
 
     return collect_outputs(
-        backbone, dataset, feature_extractor, step, batch_size=batch_size, device=device, num_workers=num_workers
+        backbone,
+        dataset,
+        feature_extractor,
+        step,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        dtype=dtype,
     )
 
 
@@ -115,11 +124,15 @@ def _model_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def feature_cache_key(model: nn.Module, dataset, feature_extractor, feature: str = "pooler_output") -> str:
+def feature_cache_key(
+    model: nn.Module, dataset, feature_extractor, feature: str = "pooler_output", dtype: str = "float32"
+) -> str:
     """A key that changes when the weights, the records (``dataset._fingerprint``), the
-    preprocessing (feature extractor config) or the feature field change."""
+    preprocessing (feature extractor config), the feature field or the precision change."""
     fe_config = json.dumps(feature_extractor.to_dict(), sort_keys=True, default=str)
     parts = [_model_digest(model), getattr(dataset, "_fingerprint", str(len(dataset))), fe_config, feature]
+    if dtype != "float32":  # float32 keys stay as they were
+        parts.append(dtype)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -141,7 +154,9 @@ def cached_features(
     from safetensors.numpy import load_file, save_file
 
     feature = extract_kwargs.get("feature", "pooler_output")
-    path = Path(cache_dir) / f"features-{feature_cache_key(model, dataset, feature_extractor, feature)}.safetensors"
+    dtype = str(resolve_inference_dtype(extract_kwargs.get("dtype", "float32"), module_device(model))[0]).removeprefix("torch.")
+    key = feature_cache_key(model, dataset, feature_extractor, feature, dtype)
+    path = Path(cache_dir) / f"features-{key}.safetensors"
     if path.exists():
         return load_file(str(path))["features"]
     features = extract_features(model, dataset, feature_extractor, **extract_kwargs)

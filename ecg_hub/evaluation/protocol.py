@@ -36,6 +36,7 @@ from transformers import AutoModel, AutoProcessor
 from ecg_hub.data.fractions import sample_label_fraction
 from ecg_hub.data.labels import label_names, multi_hot
 from ecg_hub.data.splits import load_splits, select_task_records
+from ecg_hub.inference import resolve_inference_dtype
 from ecg_hub.loading import load_backbone, load_classification_model, load_feature_extractor
 from ecg_hub.results import (
     SUMMARY_METRICS,
@@ -93,6 +94,9 @@ class EvaluationSettings:
         bootstrap: bootstrap resamples for the 95 % intervals (0: off).
         cache_dir: on-disk feature cache (``None``: in memory only).
         work_dir: fine-tuning checkpoints.
+        dtype: precision of feature extraction and zero-shot ECG scoring: ``"auto"`` (bf16 where the
+            device runs it natively, else float32), ``"float32"`` or ``"bfloat16"``; the resolved
+            choice is recorded in the results JSON (``inference_dtype``).
     """
 
     protocols: Sequence[str] = ("linear-probe",)
@@ -109,6 +113,7 @@ class EvaluationSettings:
     bootstrap: int = 1000
     cache_dir: str | None = None
     work_dir: str = "outputs/evaluate"
+    dtype: str = "auto"
 
     def __post_init__(self):
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
@@ -148,7 +153,12 @@ def run_linear_probe(model, feature_extractor, splits, label_column, class_names
     for name in ("train", "validation", "test"):
         data[name], labels = _labels(splits[name], label_column, settings.problem_type)
         features[name] = cached_features(
-            model, data[name], feature_extractor, cache_dir=settings.cache_dir, batch_size=settings.batch_size
+            model,
+            data[name],
+            feature_extractor,
+            cache_dir=settings.cache_dir,
+            batch_size=settings.batch_size,
+            dtype=settings.dtype,
         )
         data[name] = labels
     extraction_seconds = time.perf_counter() - start
@@ -267,6 +277,7 @@ def evaluate_model(
             problem_type=settings.problem_type,
         ),
         processor_config=feature_extractor.to_dict(),
+        inference_dtype=resolve_inference_dtype(settings.dtype, "cuda" if torch.cuda.is_available() else "cpu")[1],
     )
     for protocol in settings.protocols:
         start = time.perf_counter()
@@ -296,7 +307,7 @@ def run_zero_shot(model_name_or_path, splits, label_column, class_names, setting
     metrics = zero_shot_evaluate(
         model=model, processor=processor, dataset=test, class_prompts=settings.prompts,
         label_column=label_column, scoring=settings.zero_shot_scoring, batch_size=settings.batch_size,
-        return_scores=bool(settings.bootstrap),
+        return_scores=bool(settings.bootstrap), dtype=settings.dtype,
     )
     run = {"seed": 0, "train_records": 0, "metrics": metrics, "seconds": time.perf_counter() - start}
     if settings.bootstrap:

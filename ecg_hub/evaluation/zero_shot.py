@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ecg_hub.data.collators import COLLATOR_COLUMNS, EcgCollator
 from ecg_hub.data.labels import label_names, multi_hot
-from ecg_hub.inference import collect_outputs
+from ecg_hub.inference import collect_outputs, inference_autocast, resolve_inference_dtype
 from ecg_hub.prompt_ensemble import encode_class_prompts, pooled_embedding
 from ecg_hub.utils import accepted_kwargs
 
@@ -77,7 +77,9 @@ def load_class_prompts(path: str | Path, class_names: Sequence[str] | None = Non
     return {name: by_lower[name.lower()] for name in class_names if name.lower() in by_lower}
 
 
-def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length: int = 128) -> ScoreFn:
+def model_score_fn(
+    model, processor, *, scoring: str = "cosine", max_text_length: int = 128, dtype: str = "float32"
+) -> ScoreFn:
     """A ``score_fn`` from a CLIP-style ECG-text model and its processor (see the module docstring).
 
     Prompts are tokenised with ``processor.tokenizer`` (lower-cased when the processor's
@@ -86,7 +88,8 @@ def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length
 
     The returned function also has ``dataset_scores(dataset, class_prompts, batch_size=...)``,
     which :func:`zero_shot_scores` uses: the same scores through the shared inference loop
-    (:func:`ecg_hub.inference.collect_outputs`)."""
+    (:func:`ecg_hub.inference.collect_outputs`). ``dtype``: precision of the ECG side
+    (:mod:`ecg_hub.inference`); the class prompts are encoded once, in float32."""
     if scoring not in ("cosine", "softmax"):
         raise ValueError(f"scoring: expected 'cosine' or 'softmax', got {scoring!r}")
     for method in ("get_ecg_features", "get_text_features"):
@@ -131,12 +134,16 @@ def model_score_fn(model, processor, *, scoring: str = "cosine", max_text_length
     def score_fn(rows: list[dict], class_prompts: list[list[str]]) -> np.ndarray:
         model.eval()
         batch = {k: v.to(device) for k, v in collator(rows).items()}
-        return score_batch(batch, class_prompts).cpu().numpy()
+        class_embeddings(class_prompts)  # text side in float32, outside the autocast
+        with inference_autocast(resolve_inference_dtype(dtype, device)[0], device):
+            scores = score_batch(batch, class_prompts)
+        return scores.float().cpu().numpy()
 
     def dataset_scores(dataset, class_prompts: list[list[str]], *, batch_size: int = 32) -> np.ndarray:
+        class_embeddings(class_prompts)  # text side in float32, outside the autocast
         return collect_outputs(
             model, dataset, feature_extractor, lambda batch: score_batch(batch, class_prompts),
-            batch_size=batch_size, empty_shape=(0, len(class_prompts)),
+            batch_size=batch_size, empty_shape=(0, len(class_prompts)), dtype=dtype,
         )
 
     score_fn.scoring = scoring
@@ -185,6 +192,7 @@ def zero_shot_evaluate(
     scoring: str = "cosine",
     batch_size: int = 32,
     return_scores: bool = False,
+    dtype: str = "float32",
 ) -> dict:
     """Zero-shot metrics of a model on ``dataset[label_column]`` from class prompts only.
 
@@ -205,7 +213,7 @@ def zero_shot_evaluate(
     if (score_fn is None) == (model is None):
         raise ValueError("give either score_fn or model (+ processor)")
     if score_fn is None:
-        score_fn = model_score_fn(model, processor, scoring=scoring)
+        score_fn = model_score_fn(model, processor, scoring=scoring, dtype=dtype)
     class_names = label_names(dataset, label_column)
     prompts = normalize_class_prompts(class_prompts, class_names)
     scores = zero_shot_scores(dataset, prompts, score_fn, batch_size=batch_size)
