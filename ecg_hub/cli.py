@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "pretrain",
     "finetune",
     "evaluate",
+    "embed",
+    "predict",
     "tokens",
     "tokenize",
     "text",

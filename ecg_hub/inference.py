@@ -29,6 +29,7 @@ __all__ = [
     "INFERENCE_DTYPES",
     "INPUT_COLUMNS",
     "collect_outputs",
+    "cpu_bf16_flags",
     "cpu_has_native_bf16",
     "eval_mode",
     "inference_autocast",
@@ -42,33 +43,55 @@ __all__ = [
 INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX-512-BF16 or AMX), read from
-    ``/proc/cpuinfo`` (Linux); False when unknown."""
+def cpu_bf16_flags() -> list[str] | None:
+    """The native bfloat16 CPU flags in ``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``); ``None``
+    when the file cannot be read (not Linux)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = set(next((line for line in handle if line.startswith("flags")), "").split())
-        return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:  # not Linux: unknown, so float32
-        return False
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    except OSError:
+        return None
+    return []
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512-BF16 or AMX)."""
+    return bool(cpu_bf16_flags())
 
 
 def resolve_inference_dtype(dtype: str, device: str | torch.device = "cpu") -> tuple[torch.dtype, str]:
-    """``(torch dtype, reason)`` of a precision setting on ``device`` (see the module docstring)."""
+    """``(torch dtype of the autocast, why)`` of a precision setting on ``device``: bfloat16 where
+    the hardware computes it natively, float32 elsewhere (emulated bfloat16 on an older CPU is slower
+    than float32 and less accurate). Asking for bfloat16 on a CUDA device without it is an error."""
     if dtype not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+        raise ValueError(f"dtype: expected one of {INFERENCE_DTYPES}, got {dtype!r}")
     device = torch.device(device)
     if dtype == "float32":
-        return torch.float32, "float32 (asked)"
-    if dtype == "bfloat16":
-        return torch.bfloat16, "bfloat16 autocast (asked)"
+        return torch.float32, "float32 requested"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, "bfloat16 autocast (auto: the GPU supports bf16)"
-        return torch.float32, "float32 (auto: the GPU has no bf16)"
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16, "bfloat16 autocast (auto: the CPU has AVX-512-BF16/AMX)"
-    return torch.float32, f"float32 (auto: {device.type} without native bf16, where bf16 would be emulated and slower)"
+        supported = torch.cuda.is_bf16_supported()
+        name = torch.cuda.get_device_name(device)
+        if dtype == "bfloat16":
+            if not supported:
+                raise ValueError(f"dtype: 'bfloat16' requested but CUDA device {name!r} does not support it; use float32")
+            return torch.bfloat16, "bfloat16 requested"
+        if supported:
+            return torch.bfloat16, f"auto: CUDA device {name!r} supports bfloat16"
+        return torch.float32, f"auto: CUDA device {name!r} does not support bfloat16"
+    if dtype == "bfloat16":
+        return torch.bfloat16, "bfloat16 requested"
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = cpu_bf16_flags()
+    if flags:
+        return torch.bfloat16, f"auto: CPU has native bfloat16 ({', '.join(flags)}; torch CPU capability {capability})"
+    if flags is None and ("AVX512" in capability or "AMX" in capability):
+        return torch.bfloat16, f"auto: torch CPU capability {capability} (no /proc/cpuinfo to check avx512_bf16)"
+    return torch.float32, (
+        f"auto: torch CPU capability {capability} without native bfloat16 (no avx512_bf16 / amx_bf16): float32"
+    )
 
 
 @contextlib.contextmanager

@@ -148,6 +148,49 @@ def class_text_embeddings(model, processor_or_tokenizer, class_prompts: list[lis
     return encode_class_prompts(model, tokens, class_prompts)
 
 
+def ecg_text_cosine(
+    model, inputs: Mapping[str, torch.Tensor], class_embeddings: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """``(batch, num_classes)`` cosines between the ECGs of ``inputs`` (the feature extractor's
+    output) and the class embeddings, and the model's ``exp(logit_scale)`` (clamped at
+    ``config.max_logit_scale``; 1 without one). Shared by the zero-shot pipeline (one record) and
+    ``ecg_hub.batch_inference`` (batches), so both score alike."""
+    inputs = dict(inputs)
+    # ETP names the ECG time mask ecg_attention_mask (the text owns attention_mask).
+    if "attention_mask" in inputs:
+        inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
+    ecg = F.normalize(_embed(model.get_ecg_features, inputs).float(), dim=-1)
+    cosine = ecg @ class_embeddings.to(ecg.device).t()
+    scale = getattr(model, "logit_scale", None)
+    scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 1.0
+    max_scale = getattr(model.config, "max_logit_scale", None)
+    if max_scale is not None:
+        scale = min(scale, float(max_scale))
+    return cosine, scale
+
+
+def apply_score_function(
+    cosine: torch.Tensor, logit_scale: float, function_to_apply: str = "softmax"
+) -> torch.Tensor:
+    """``(batch, num_classes)`` scores from cosines, per record (row): ``"softmax"`` over
+    ``logit_scale * cosine``, ``"sigmoid"`` of the cosines standardised over the row's classes, or
+    ``"none"`` (the cosines). See :class:`ZeroShotEcgClassificationPipeline` (``function_to_apply``)."""
+    if function_to_apply not in SCORE_FUNCTIONS:
+        raise ValueError(
+            f"{ZERO_SHOT_TASK}: function_to_apply must be one of {SCORE_FUNCTIONS}, got {function_to_apply!r}"
+        )
+    cosine = cosine.float()
+    if function_to_apply == "softmax":
+        return (logit_scale * cosine).softmax(-1)
+    if function_to_apply == "sigmoid":
+        if cosine.shape[-1] > 1:
+            spread = cosine.std(dim=-1, unbiased=False, keepdim=True)
+        else:
+            spread = cosine.new_zeros(cosine.shape[:-1] + (1,))
+        return torch.sigmoid((cosine - cosine.mean(dim=-1, keepdim=True)) / spread.clamp(min=1e-6))
+    return cosine
+
+
 # --------------------------------------------------------------------------------------------------
 # Zero-shot classification
 # --------------------------------------------------------------------------------------------------
@@ -261,28 +304,12 @@ class ZeroShotEcgClassificationPipeline(Pipeline):
     def _forward(self, model_inputs, class_embeddings=None):
         if class_embeddings is None:
             raise ValueError(f"{ZERO_SHOT_TASK}: call the pipeline with candidate_labels=[...]")
-        inputs = dict(model_inputs)
-        # ETP names the ECG time mask ecg_attention_mask (the text owns attention_mask).
-        if "attention_mask" in inputs:
-            inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
-        ecg = F.normalize(_embed(self.model.get_ecg_features, inputs).float(), dim=-1)
-        cosine = ecg @ class_embeddings.to(ecg.device).t()
-        scale = getattr(self.model, "logit_scale", None)
-        scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 1.0
-        max_scale = getattr(self.model.config, "max_logit_scale", None)
-        if max_scale is not None:
-            scale = min(scale, float(max_scale))
+        cosine, scale = ecg_text_cosine(self.model, model_inputs, class_embeddings)
         return {"cosine": cosine[0], "logit_scale": scale}
 
     def postprocess(self, model_outputs, candidate_labels=None, function_to_apply="softmax", top_k=None):
-        cosine = model_outputs["cosine"].float()
-        if function_to_apply == "softmax":
-            scores = (model_outputs["logit_scale"] * cosine).softmax(-1)
-        elif function_to_apply == "sigmoid":
-            spread = cosine.std(unbiased=False) if cosine.numel() > 1 else cosine.new_tensor(0.0)
-            scores = torch.sigmoid((cosine - cosine.mean()) / spread.clamp(min=1e-6))
-        else:
-            scores = cosine
+        cosine = model_outputs["cosine"][None]
+        scores = apply_score_function(cosine, model_outputs["logit_scale"], function_to_apply)[0]
         ranked = sorted(zip(scores.tolist(), candidate_labels), key=lambda pair: -pair[0])
         if top_k is not None:
             ranked = ranked[:top_k]
@@ -292,6 +319,54 @@ class ZeroShotEcgClassificationPipeline(Pipeline):
 # --------------------------------------------------------------------------------------------------
 # Embeddings
 # --------------------------------------------------------------------------------------------------
+
+
+EMBEDDINGS = ("projection", "pooled")
+
+
+def resolve_embedding(model, embedding: str | None = None) -> str:
+    """The embedding kind for ``model``: ``embedding`` checked, or the default (``"projection"``
+    when the model has ``get_ecg_features``, else ``"pooled"``)."""
+    if embedding is None:
+        return "projection" if hasattr(model, "get_ecg_features") else "pooled"
+    if embedding not in EMBEDDINGS:
+        raise ValueError(
+            f"{FEATURE_EXTRACTION_TASK}: embedding must be 'projection' or 'pooled', got {embedding!r}"
+        )
+    if embedding == "projection" and not hasattr(model, "get_ecg_features"):
+        raise ValueError(
+            f"{FEATURE_EXTRACTION_TASK}: embedding='projection' needs an ECG-text model; "
+            f"{type(model).__name__} has no get_ecg_features()"
+        )
+    return embedding
+
+
+def ecg_encoder(model):
+    """The ECG encoder of ``model`` whose ``pooler_output`` is the pooled feature."""
+    encoder = getattr(model, "ecg_encoder", None)
+    if encoder is not None:
+        return encoder
+    base = getattr(model, "base_model", None)
+    return base if base is not None else model
+
+
+def ecg_embeddings(
+    model, inputs: Mapping[str, torch.Tensor], embedding: str | None = None, normalize: bool | None = None
+) -> torch.Tensor:
+    """``(batch, dim)`` embeddings of the ECGs of ``inputs`` (the feature extractor's output), as
+    the ``ecg-feature-extraction`` pipeline computes them (see its ``embedding`` / ``normalize``).
+    Shared by the pipeline (one record) and ``ecg_hub.batch_inference`` (batches)."""
+    embedding = resolve_embedding(model, embedding)
+    inputs = dict(inputs)
+    if embedding == "projection":
+        if "attention_mask" in inputs:
+            inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
+        vector = _embed(model.get_ecg_features, inputs)
+    else:
+        vector = _embed(ecg_encoder(model).forward, inputs)
+    if normalize if normalize is not None else embedding == "projection":
+        vector = F.normalize(vector, dim=-1)
+    return vector
 
 
 class EcgFeatureExtractionPipeline(Pipeline):
@@ -332,14 +407,7 @@ class EcgFeatureExtractionPipeline(Pipeline):
             preprocess["leads"] = leads
         forward = {}
         if embedding is not None:
-            if embedding not in ("projection", "pooled"):
-                raise ValueError(f"{FEATURE_EXTRACTION_TASK}: embedding must be 'projection' or 'pooled', got {embedding!r}")
-            if embedding == "projection" and not hasattr(self.model, "get_ecg_features"):
-                raise ValueError(
-                    f"{FEATURE_EXTRACTION_TASK}: embedding='projection' needs an ECG-text model; "
-                    f"{type(self.model).__name__} has no get_ecg_features()"
-                )
-            forward["embedding"] = embedding
+            forward["embedding"] = resolve_embedding(self.model, embedding)
         if normalize is not None:
             forward["normalize"] = bool(normalize)
         postprocess = {}
@@ -352,25 +420,10 @@ class EcgFeatureExtractionPipeline(Pipeline):
 
     def _encoder(self):
         """The ECG encoder whose ``pooler_output`` is the pooled feature."""
-        encoder = getattr(self.model, "ecg_encoder", None)
-        if encoder is not None:
-            return encoder
-        base = getattr(self.model, "base_model", None)
-        return base if base is not None else self.model
+        return ecg_encoder(self.model)
 
     def _forward(self, model_inputs, embedding=None, normalize=None):
-        if embedding is None:
-            embedding = "projection" if hasattr(self.model, "get_ecg_features") else "pooled"
-        inputs = dict(model_inputs)
-        if embedding == "projection":
-            if "attention_mask" in inputs:
-                inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
-            vector = _embed(self.model.get_ecg_features, inputs)
-        else:
-            vector = _embed(self._encoder().forward, inputs)
-        if normalize if normalize is not None else embedding == "projection":
-            vector = F.normalize(vector, dim=-1)
-        return {"embedding": vector[0]}
+        return {"embedding": ecg_embeddings(self.model, model_inputs, embedding, normalize)[0]}
 
     def postprocess(self, model_outputs, return_tensors=False):
         vector = model_outputs["embedding"].float()
@@ -400,9 +453,15 @@ def register_pipelines() -> None:
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATES",
+    "EMBEDDINGS",
     "EcgFeatureExtractionPipeline",
     "ZeroShotEcgClassificationPipeline",
+    "apply_score_function",
     "build_class_prompts",
     "class_text_embeddings",
+    "ecg_embeddings",
+    "ecg_encoder",
+    "ecg_text_cosine",
     "register_pipelines",
+    "resolve_embedding",
 ]

@@ -11,17 +11,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_auto_picks_bf16_only_where_it_is_native_and_says_why(monkeypatch):
-    import ecg_hub.inference as inference
+    from ecg_hub import inference
 
-    assert resolve_inference_dtype("float32") == (torch.float32, "float32 (asked)")
+    assert resolve_inference_dtype("float32") == (torch.float32, "float32 requested")
     assert resolve_inference_dtype("bfloat16")[0] == torch.bfloat16
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(inference, "cpu_bf16_flags", lambda: ["avx512_bf16"])
     dtype, why = resolve_inference_dtype("auto", "cpu")
-    assert dtype == torch.bfloat16 and "AVX-512-BF16/AMX" in why
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert dtype == torch.bfloat16 and "avx512_bf16" in why
+    monkeypatch.setattr(inference, "cpu_bf16_flags", list)
     dtype, why = resolve_inference_dtype("auto", "cpu")
-    assert dtype == torch.float32 and "emulated" in why
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    assert dtype == torch.float32 and "without native bfloat16" in why
+    with pytest.raises(ValueError, match="dtype: expected one of"):
         resolve_inference_dtype("fp8")
     assert isinstance(cpu_has_native_bf16(), bool)
 
@@ -30,9 +30,10 @@ def test_bf16_features_agree_with_float32_on_real_records(shared_data, tmp_path)
     """Pooled features of a tiny random ECG-JEPA encoder on 16 real PTB-XL records: cosine >= 0.99
     per record between float32 and bf16 autocast (the documented guard; released-size encoders are
     in benchmarks/inference_speed.py)."""
+    from ecg_hub.modeling import EcgFeatureExtractor, EcgJepaConfig, EcgJepaModel
+
     from ecg_hub.data import prepare_ptbxl
     from ecg_hub.evaluation.linear_probe import cached_features
-    from ecg_hub.modeling import EcgFeatureExtractor, EcgJepaConfig, EcgJepaModel
 
     dataset = prepare_ptbxl(shared_data / "ptbxl", tmp_path / "ptbxl", limit=16, progress=False).dataset
     torch.manual_seed(0)
