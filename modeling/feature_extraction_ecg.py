@@ -5,15 +5,21 @@ sampling rate, a length, a filter and an amplitude scaling. The extractor carrie
 ``preprocessor_config.json`` next to the weights, so that a checkpoint and its preprocessing travel
 together. The steps are pure numpy/scipy functions (also usable inside ``datasets.map``):
 
-1. validate (rank, dtype, NaN/inf, sampling rate, lead names against the array);
+1. validate (rank, dtype, NaN/inf, sampling rate, lead names against the array); a sampling rate
+   must lie in the plausible ECG range :data:`MIN_SAMPLING_RATE_HZ` to :data:`MAX_SAMPLING_RATE_HZ`
+   (10 Hz to 20 kHz; booleans are refused);
 2. convert units to millivolts (mV);
 3. derive the limb leads III, aVR, aVL, aVF from I and II when the target needs them;
 4. select and reorder leads; zero-fill leads the record lacks, and leads it masks (a dataset's
    ``masked_leads`` column: flat, clipped or absent leads), and flag them in ``lead_mask``;
-5. resample to the target rate (polyphase by default);
+5. resample to the target rate (polyphase by default), to exactly :func:`resampled_length` samples;
 6. band-pass (Butterworth, second-order sections, zero-phase), if configured;
 7. crop (start / center / random for training) or pad to ``num_samples``, with ``attention_mask``;
 8. normalise the cropped window (none, per-lead z-score, or whole-record min-max).
+
+Every input either gives the documented output or raises a ``ValueError`` naming the record, the
+field and what was expected (issue 18); values that cannot be represented in ``return_dtype``
+after conversion (finite input overflowing float32/float16) are refused, never returned as inf.
 
 This module imports numpy, scipy and transformers only: it is part of the Hub remote-code bundle.
 """
@@ -40,6 +46,21 @@ NORMALIZATIONS = ("none", "zscore_lead", "minmax_record")
 RESAMPLE_METHODS = ("polyphase", "fft")
 UNITS_TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
 
+#: Plausible ECG sampling rates (Hz), inclusive: records (and the target rate) outside this range are
+#: refused with a ``ValueError`` naming ``sampling_rate``. Clinical ECGs are recorded at 100 Hz to
+#: 10 kHz; 10 Hz is far below any diagnostic use, 20 kHz above any ECG amplifier.
+MIN_SAMPLING_RATE_HZ = 10.0
+MAX_SAMPLING_RATE_HZ = 20_000.0
+
+#: Largest polyphase up/down factor used as is (a FIR of about 20 x factor taps, at most ~0.5 s to
+#: design). Every pair of whole or half rates in the plausible range stays below it (at most 40 000);
+#: a ratio beyond it (two arbitrary floats) is approximated to within about 1e-10, and the output
+#: trimmed or edge-padded to the exact documented length.
+_MAX_POLYPHASE_FACTOR = 100_000
+
+#: How far preprocessing may grow a record's peak before the output must be checked against the
+#: range of ``return_dtype`` (limb-lead derivation doubles it at most; filter overshoot is a few times).
+_OUTPUT_HEADROOM = 1024.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,21 +68,68 @@ UNITS_TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
 # ----------------------------------------------------------------------------------------------
 
 
+def exact_rate(rate: float) -> Fraction:
+    """A sampling rate as an exact fraction: ints exactly, floats as the simplest fraction (denominator
+    at most 1000) equal to them (``499.5`` -> 999/2, ``257.3`` -> 2573/10), else their exact binary value."""
+    if isinstance(rate, Fraction):
+        return rate
+    if isinstance(rate, (int, np.integer)) and not isinstance(rate, (bool, np.bool_)):
+        return Fraction(int(rate))
+    value = float(rate)
+    exact = Fraction(value)
+    simple = exact.limit_denominator(1000)
+    return simple if float(simple) == value else exact
+
+
+def resampled_length(num_samples: int, source_rate: float, target_rate: float, method: str = "polyphase") -> int:
+    """Samples that :func:`resample` returns for ``num_samples`` at ``source_rate``: with the exact
+    ratio ``r = target / source`` (:func:`exact_rate`), ``ceil(num_samples * r)`` for ``polyphase`` (as
+    ``scipy.signal.resample_poly``) and ``round(num_samples * r)`` for ``fft``. E.g. 60 s at 1999 Hz
+    gives exactly 15000 samples at 250 Hz."""
+    if method not in RESAMPLE_METHODS:
+        raise ValueError(f"resample_method must be one of {RESAMPLE_METHODS}, got {method!r}")
+    if source_rate == target_rate:
+        return int(num_samples)
+    ratio = exact_rate(target_rate) / exact_rate(source_rate)
+    return math.ceil(num_samples * ratio) if method == "polyphase" else round(num_samples * ratio)
+
+
+def _bounded_ratio(ratio: Fraction, limit: int) -> Fraction:
+    """The fraction nearest ``ratio`` whose numerator and denominator are both at most ``limit``."""
+    if ratio <= 1:
+        return ratio.limit_denominator(limit)
+    return 1 / (1 / ratio).limit_denominator(limit)
+
+
 def resample(signal: np.ndarray, source_rate: float, target_rate: float, method: str = "polyphase") -> np.ndarray:
     """Resample ``(leads, samples)`` from ``source_rate`` to ``target_rate`` (both in Hz).
 
-    ``polyphase`` uses ``scipy.signal.resample_poly`` with the exact rational ratio (250/500 -> 1/2,
-    500/400 -> 5/4); ``fft`` uses ``scipy.signal.resample`` as the official ECG-JEPA code does.
+    ``polyphase`` uses ``scipy.signal.resample_poly`` with the exact rational ratio of the two rates
+    (250/500 -> 1/2, 500/400 -> 5/4, 250/1999 -> 250/1999); ``fft`` uses ``scipy.signal.resample`` as
+    the official ECG-JEPA code does. The output has exactly :func:`resampled_length` samples.
+
+    Raises:
+        ValueError: if the record would resample to no sample at all.
     """
     if source_rate == target_rate:
         return signal
-    if method == "polyphase":
-        ratio = Fraction(target_rate / source_rate).limit_denominator(1000)
-        return scipy_signal.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
+    num = resampled_length(signal.shape[-1], source_rate, target_rate, method)
+    if num < 1:
+        raise ValueError(
+            f"{signal.shape[-1]} samples at {float(source_rate):g} Hz resample to {num} samples at "
+            f"{float(target_rate):g} Hz; expected at least 1 sample (the record is too short)"
+        )
     if method == "fft":
-        num = int(round(signal.shape[-1] * target_rate / source_rate))
         return scipy_signal.resample(signal, num, axis=-1)
-    raise ValueError(f"resample_method must be one of {RESAMPLE_METHODS}, got {method!r}")
+    ratio = exact_rate(target_rate) / exact_rate(source_rate)
+    if max(ratio.numerator, ratio.denominator) > _MAX_POLYPHASE_FACTOR:
+        ratio = _bounded_ratio(ratio, _MAX_POLYPHASE_FACTOR)
+    out = scipy_signal.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
+    if out.shape[-1] > num:  # only with an approximated ratio (a length error of ~1e-10 relative)
+        out = out[..., :num]
+    elif out.shape[-1] < num:
+        out = np.pad(out, [(0, 0)] * (out.ndim - 1) + [(0, num - out.shape[-1])], mode="edge")
+    return out
 
 
 @lru_cache(maxsize=32)
@@ -150,7 +218,8 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             lacks and reports them in ``lead_mask``; ``"error"`` raises instead.
         resample_method (`str`, defaults to ``"polyphase"``): ``"polyphase"`` or ``"fft"``.
         padding_value (`float`, defaults to 0.0): value of padded samples (after normalisation).
-        return_dtype (`str`, defaults to ``"float32"``): dtype of ``input_values``.
+        return_dtype (`str`, defaults to ``"float32"``): dtype of ``input_values``; a record whose
+            values it cannot hold (finite input beyond float16's 65504, say) raises ``ValueError``.
 
     Returns (from ``__call__``): a ``BatchFeature`` with ``input_values`` (batch, leads, samples),
     ``attention_mask`` (batch, samples; 1 = real sample) and ``lead_mask`` (batch, leads; 1 = lead
@@ -184,9 +253,8 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         return_attention_mask: bool = True,
         **kwargs,
     ):
-        leads = canonicalize_leads(list(leads))
-        if not sampling_rate or sampling_rate <= 0:
-            raise ValueError(f"sampling_rate must be a positive number of Hz, got {sampling_rate!r}")
+        leads = canonicalize_leads(leads)
+        _check_sampling_rate(sampling_rate, "feature extractor config")
         if num_samples is not None and num_samples <= 0:
             raise ValueError(f"num_samples must be positive or None, got {num_samples!r}")
         if crop not in CROP_POLICIES:
@@ -262,10 +330,12 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
                 array or torch tensor; a list of records (lengths may differ); a dataset row (a
                 mapping with ``signal``, ``sampling_rate``, ``leads`` and optionally ``record_id``);
                 a list of rows; or a batch of columns as ``datasets.map(batched=True)`` passes it.
-            sampling_rate: the recordings' rate in Hz (one number, or one per record). Required
-                unless the rows carry it.
-            leads: lead names of the rows of each record (one list, or one list per record).
-                Required unless the rows carry them.
+            sampling_rate: the recordings' rate in Hz (one number, or one per record; a numpy scalar
+                or 0-d array is one number), between :data:`MIN_SAMPLING_RATE_HZ` (10) and
+                :data:`MAX_SAMPLING_RATE_HZ` (20000); booleans are refused. Required unless the rows
+                carry it.
+            leads: lead names (strings) of the rows of each record (one list, or one list per
+                record). Required unless the rows carry them.
             units: ``"mV"`` (default), ``"uV"`` or ``"V"``.
             record_ids: names used in error messages.
             training: crop at random (data augmentation) instead of the configured policy.
@@ -276,7 +346,7 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
                 ``masked_leads`` field, which wins over this argument.
         """
         records, rates, lead_lists, ids, mask_lists = self._unpack(ecg, sampling_rate, leads, record_ids, masked_leads)
-        if units not in UNITS_TO_MV:
+        if not isinstance(units, str) or units not in UNITS_TO_MV:
             raise ValueError(f"units must be one of {sorted(UNITS_TO_MV)}, got {units!r}")
         policy = "random" if training else self.crop
         rng = generator if generator is not None else (np.random.default_rng() if policy == "random" else None)
@@ -307,24 +377,46 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         masked leads)."""
         if isinstance(ecg, Mapping):
             if "signal" not in ecg:
-                raise ValueError(f"a dataset row must have a 'signal' field; got fields {sorted(ecg)}")
+                raise ValueError(f"a dataset row must have a 'signal' field; got fields {list(ecg)}")
             column = ecg["signal"]
-            batched = _is_batch_of_records(column)
-            rows = (
-                [{key: ecg[key][i] for key in ecg} for i in range(len(column))] if batched else [dict(ecg)]
-            )
+            if _is_batch_of_records(column):  # a batch of columns (datasets.map(batched=True))
+                n = len(column)
+                fields = {key: value for key, value in ecg.items() if value is not None}
+                for key, value in fields.items():
+                    length = _column_length(value)
+                    if length != n:
+                        got = f"{length} value(s)" if length is not None else f"one value {_short_repr(value)}"
+                        raise ValueError(
+                            f"column batch: field {key!r} has {got}; expected one value per record "
+                            f"({n} values, as field 'signal' has {n} records)"
+                        )
+                rows = [{key: value[i] for key, value in fields.items()} for i in range(n)]
+            else:
+                rows = [dict(ecg)]
             return self._unpack(rows, sampling_rate, leads, record_ids, masked_leads)
         if isinstance(ecg, (list, tuple)) and ecg and isinstance(ecg[0], Mapping):
-            records = [row.get("signal") for row in ecg]
+            for i, row in enumerate(ecg):
+                if not isinstance(row, Mapping):
+                    raise ValueError(
+                        f"row #{i} in the batch is a {type(row).__name__}; expected every item of a list of "
+                        "dataset rows to be a row (a mapping with a 'signal' field)"
+                    )
+                if "signal" not in row:
+                    raise ValueError(
+                        f"row #{i} in the batch (record {row.get('record_id', '?')}): field 'signal' is "
+                        f"missing; expected a dataset row with a 'signal' field, got fields {list(row)}"
+                    )
+            records = [row["signal"] for row in ecg]
             rates = [row.get("sampling_rate", sampling_rate) for row in ecg]
             lead_lists = [row.get("leads", leads) for row in ecg]
             ids = [row.get("record_id") for row in ecg]
             given = _per_record(masked_leads, len(ecg))
             masks = [row["masked_leads"] if row.get("masked_leads") is not None else m for row, m in zip(ecg, given)]
-            return self._check_batch(records, rates, lead_lists, ids if record_ids is None else list(record_ids), masks)
+            if record_ids is not None:
+                ids = _as_list(record_ids, "record_ids")
+            return self._check_batch(records, rates, lead_lists, ids, masks)
 
-        if hasattr(ecg, "detach"):  # torch tensor, without importing torch here
-            ecg = ecg.detach().cpu().numpy()
+        ecg = _to_numpy(ecg, "signal")
         if isinstance(ecg, np.ndarray):
             if ecg.ndim == 2:
                 records = [ecg]
@@ -337,7 +429,7 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         elif isinstance(ecg, (list, tuple)):
             if not ecg:
                 raise ValueError("empty batch: expected at least one ECG record")
-            records = [e.detach().cpu().numpy() if hasattr(e, "detach") else e for e in ecg]
+            records = [_to_numpy(e, f"record #{i} in the batch") for i, e in enumerate(ecg)]
             if not _is_batch_of_records(records):  # a single record given as nested lists
                 records = [records]
         else:
@@ -346,39 +438,48 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
                 "list of records, or dataset row(s) with a 'signal' field"
             )
         n = len(records)
-        rates = list(sampling_rate) if isinstance(sampling_rate, (list, tuple, np.ndarray)) else [sampling_rate] * n
-        if leads is not None and len(leads) > 0 and not isinstance(leads[0], str):
-            lead_lists = [list(x) for x in leads]
+        sampling_rate = _to_numpy(sampling_rate, "sampling_rate")
+        if isinstance(sampling_rate, np.ndarray) and sampling_rate.ndim == 0:
+            sampling_rate = sampling_rate.item()  # a 0-d array is one number
+        if isinstance(sampling_rate, (list, tuple, np.ndarray)):
+            rates = list(sampling_rate)
         else:
+            rates = [sampling_rate] * n
+        if leads is None or isinstance(leads, str):
             lead_lists = [leads] * n
-        ids = list(record_ids) if record_ids is not None else [None] * n
+        else:
+            leads = _as_list(leads, "leads", "a list of lead names, or one such list per record")
+            if leads and _is_name_list(leads[0]):  # one list of names per record
+                lead_lists = leads
+            else:
+                lead_lists = [leads] * n
+        ids = _as_list(record_ids, "record_ids") if record_ids is not None else [None] * n
         return self._check_batch(records, rates, lead_lists, ids, _per_record(masked_leads, n))
 
     @staticmethod
     def _check_batch(records, rates, lead_lists, ids, mask_lists):
         n = len(records)
+        if n == 0:
+            raise ValueError("empty batch: got 0 records; expected at least one ECG record (leads, samples)")
         for name, values in (
             ("sampling_rate", rates), ("leads", lead_lists), ("record_ids", ids), ("masked_leads", mask_lists)
         ):
             if len(values) != n:
-                raise ValueError(f"got {n} records but {len(values)} values of {name}")
+                raise ValueError(f"got {n} records but {len(values)} values of {name}; expected one per record")
         ids = [str(rid) if rid is not None else f"#{i} in the batch" for i, rid in enumerate(ids)]
         return records, rates, lead_lists, ids, mask_lists
 
     def _process_record(self, record, rate, names, record_id, unit_scale, policy, rng, masked=None):
         where = f"record {record_id}"
         # --- validation -----------------------------------------------------------------------
-        if rate is None:
-            raise ValueError(f"{where}: sampling_rate is missing; pass sampling_rate= (Hz) or a 'sampling_rate' field")
+        rate = _check_sampling_rate(rate, where)
+        record = _to_numpy(record, where)
         try:
-            rate = float(rate)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {rate!r}") from None
-        if not math.isfinite(rate) or rate <= 0:
-            raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {rate!r}")
-        if hasattr(record, "detach"):
-            record = record.detach().cpu().numpy()
-        array = np.asarray(record)
+            array = np.asarray(record)
+        except (TypeError, ValueError) as error:  # ragged nested lists, tensors numpy cannot take
+            raise ValueError(
+                f"{where}: signal could not be read as an array ({error}); expected real numbers (leads, samples)"
+            ) from None
         # Real numbers only: strings, objects, booleans and complex values are not voltages.
         if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
             raise ValueError(f"{where}: signal must be numeric, got dtype {array.dtype} (expected real numbers in mV)")
@@ -386,7 +487,10 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"{where}: signal must have rank 2 (leads, samples); got shape {array.shape}")
         if names is None:
             raise ValueError(f"{where}: lead names are missing; pass leads=[...] naming the {array.shape[0]} rows")
-        names = canonicalize_leads(list(names)) if not isinstance(names, str) else canonicalize_leads([names])
+        try:
+            names = canonicalize_leads(names)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         if len(names) != array.shape[0]:
             hint = " (is the array (samples, leads)? it must be (leads, samples))" if array.shape[1] == len(names) else ""
             raise ValueError(
@@ -397,12 +501,20 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             keep = [i for i, lead in enumerate(names) if lead not in masked]
             array, names = array[keep], [names[i] for i in keep]
         # float64 for filtering accuracy; the output is cast to return_dtype at the end.
-        values = array.astype(np.float64) * unit_scale
-        finite = np.isfinite(values)
-        if not finite.all():
-            lead_idx, sample_idx = np.argwhere(~finite)[0]
-            kind = "NaN" if np.isnan(values[lead_idx, sample_idx]) else "inf"
-            count = int((~finite).sum())
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = array.astype(np.float64) * unit_scale
+        # min and max propagate NaN and show inf: finite extremes mean finite values (and give the peak).
+        lowest, highest = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (math.isfinite(lowest) and math.isfinite(highest)):
+            source_finite = np.isfinite(array) if np.issubdtype(array.dtype, np.floating) else np.ones(array.shape, bool)
+            if source_finite.all():  # finite values that overflow float64 once converted to mV
+                raise ValueError(
+                    f"{where}: signal amplitude reaches {float(np.abs(array).max()):.4g} (before conversion "
+                    f"to mV), beyond the float64 range once converted; expected an ECG in the units given"
+                )
+            lead_idx, sample_idx = np.argwhere(~source_finite)[0]
+            kind = "NaN" if np.isnan(array[lead_idx, sample_idx]) else "inf"
+            count = int((~source_finite).sum())
             raise ValueError(
                 f"{where}: signal has {count} non-finite value(s); first is {kind} in lead "
                 f"{names[lead_idx]} at sample {sample_idx} ({sample_idx / rate:.3f} s)"
@@ -425,23 +537,125 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         values = values[index]
 
         # --- time -----------------------------------------------------------------------------
-        values = resample(values, rate, self.sampling_rate, self.resample_method)
-        if values.shape[-1] < self.effective_min_samples:
+        # The length is known before resampling: a record too short is refused without resampling
+        # it (and never reaches a resampler with nothing to resample).
+        num_out = resampled_length(array.shape[-1], rate, self.sampling_rate, self.resample_method)
+        if num_out < max(1, self.effective_min_samples):
             raise ValueError(
-                f"{where}: signal has {values.shape[-1]} samples at {self.sampling_rate} Hz "
+                f"{where}: signal has {num_out} samples at {self.sampling_rate} Hz "
                 f"({array.shape[-1]} at {rate:g} Hz, {array.shape[-1] / rate:.2f} s); "
-                f"at least {self.effective_min_samples} samples are needed"
+                f"at least {max(1, self.effective_min_samples)} samples are needed"
             )
-        if self.bandpass is not None:
-            values = bandpass(values, self.bandpass[0], self.bandpass[1], self.filter_order, self.sampling_rate)
-        if self.num_samples is not None:
-            start = crop_window_start(values.shape[-1], self.num_samples, policy, rng)
-            values = values[:, start : start + self.num_samples]
-        values = normalize(values, self.normalization, np.ones(len(index), dtype=bool))
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = resample(values, rate, self.sampling_rate, self.resample_method)
+            if self.bandpass is not None:
+                values = bandpass(values, self.bandpass[0], self.bandpass[1], self.filter_order, self.sampling_rate)
+            if self.num_samples is not None:
+                start = crop_window_start(values.shape[-1], self.num_samples, policy, rng)
+                values = values[:, start : start + self.num_samples]
+            values = normalize(values, self.normalization, np.ones(len(index), dtype=bool))
+        # Finite input can still overflow: float32 holds |x| <= 3.4e38, float16 only 65504. Derived
+        # leads, resampling and filtering grow the peak by a few times at most, and the normalised
+        # outputs are small, so the output is only scanned when the input peak comes near the limit.
+        low, high = _dtype_range(self.return_dtype)
+        near_limit = max(-lowest, highest) * _OUTPUT_HEADROOM > high or low >= 0
+        if near_limit and values.size and not (low <= values.min() and values.max() <= high):
+            with np.errstate(invalid="ignore"):
+                peak = float(np.max(np.abs(values)))
+            raise ValueError(
+                f"{where}: signal amplitude reaches {peak:.4g} mV after preprocessing, outside the range of "
+                f"return_dtype {np.dtype(self.return_dtype).name} ({low:.4g} to {high:.4g}); expected an ECG "
+                "whose values (in the units given) the output dtype can hold (wrong units?)"
+            )
 
         full = np.zeros((self.num_leads, values.shape[-1]), dtype=np.float64)
         full[present] = values
         return full, present
+
+
+def _check_sampling_rate(rate: Any, where: str) -> float:
+    """``rate`` as a float of Hz within the plausible range, or a ``ValueError`` naming ``sampling_rate``.
+
+    Accepted: a real number (int, float, numpy scalar, a 0-d or one-element array or tensor) between
+    :data:`MIN_SAMPLING_RATE_HZ` and :data:`MAX_SAMPLING_RATE_HZ`. Booleans are refused (``True`` is
+    not 1 Hz)."""
+    if rate is None:
+        raise ValueError(f"{where}: sampling_rate is missing; pass sampling_rate= (Hz) or a 'sampling_rate' field")
+    given = rate
+    rate = _to_numpy(rate, where)
+    if isinstance(rate, np.ndarray):
+        if rate.size != 1:
+            raise ValueError(f"{where}: sampling_rate must be one number of Hz, got an array of shape {rate.shape}")
+        rate = rate.reshape(-1)[0].item()
+    if isinstance(rate, (bool, np.bool_)):
+        raise ValueError(f"{where}: sampling_rate must be a number of Hz, got the boolean {given!r}")
+    try:
+        value = float(rate)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: sampling_rate must be a positive number of Hz, got {given!r}") from None
+    if not math.isfinite(value) or not MIN_SAMPLING_RATE_HZ <= value <= MAX_SAMPLING_RATE_HZ:
+        raise ValueError(
+            f"{where}: sampling_rate must be a positive number of Hz between {MIN_SAMPLING_RATE_HZ:g} and "
+            f"{MAX_SAMPLING_RATE_HZ:g} (plausible ECG rates), got {given!r}"
+        )
+    return value
+
+
+@lru_cache(maxsize=8)
+def _dtype_range(dtype: str) -> tuple[float, float]:
+    """Smallest and largest value ``dtype`` holds (finite for floats)."""
+    dt = np.dtype(dtype)
+    info = np.finfo(dt) if np.issubdtype(dt, np.floating) else np.iinfo(dt)
+    return float(info.min), float(info.max)
+
+
+def _to_numpy(value: Any, where: str) -> Any:
+    """A torch tensor as a CPU numpy array (bfloat16 and other dtypes numpy lacks widened to float32);
+    anything else unchanged. Torch is never imported here."""
+    if not hasattr(value, "detach") or not hasattr(value, "cpu"):
+        return value
+    tensor = value.detach().cpu()
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError):  # numpy has no bfloat16 / float8 / complex32
+        if tensor.is_floating_point():
+            return tensor.float().numpy()
+        if tensor.is_complex():
+            return tensor.cfloat().numpy()  # refused later as complex, with the usual message
+        raise ValueError(f"{where}: torch dtype {tensor.dtype} has no numpy equivalent; expected real numbers") from None
+
+
+def _short_repr(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _column_length(value: Any) -> int | None:
+    """Number of entries of a column of a column batch; ``None`` for a single value (a scalar, a string)."""
+    if isinstance(value, (str, bytes, Mapping)) or getattr(value, "ndim", 1) == 0:
+        return None
+    try:
+        return len(value)
+    except TypeError:
+        return None
+
+
+def _is_name_list(value: Any) -> bool:
+    """True for a list of lead names (one record's), as opposed to one lead name."""
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim >= 1)
+
+
+def _as_list(value: Any, name: str, expected: str = "a list (one entry per record)") -> list:
+    """``value`` as a list (a string is one entry), or a ``ValueError`` naming the argument."""
+    if isinstance(value, str):
+        return [value]
+    value = _to_numpy(value, name)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return [value.item()]
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {expected}, got {type(value).__name__} {value!r}") from None
 
 
 def _per_record(masked_leads, n: int) -> list:
@@ -451,7 +665,7 @@ def _per_record(masked_leads, n: int) -> list:
         return [None] * n
     if isinstance(masked_leads, str):
         return [[masked_leads]] * n
-    entries = list(masked_leads)
+    entries = _as_list(masked_leads, "masked_leads")
     if not entries or isinstance(entries[0], str):
         return [entries] * n
     return entries
@@ -461,7 +675,15 @@ def _masked_set(masked, where: str) -> set[str]:
     """Canonical names of one record's masked leads (``None``, a list, or a numpy array of names)."""
     if masked is None:
         return set()
-    names = [masked] if isinstance(masked, str) else [str(name) for name in list(masked)]
+    if isinstance(masked, str):
+        names = [masked]
+    else:
+        try:
+            names = [str(name) for name in list(masked)]
+        except TypeError:
+            raise ValueError(
+                f"{where}: masked_leads must be a list of lead names, got {type(masked).__name__} {masked!r}"
+            ) from None
     try:
         return set(canonicalize_leads(names))
     except ValueError as error:

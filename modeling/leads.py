@@ -58,7 +58,18 @@ def canonical_lead_name(name: str) -> str:
 
 
 def canonicalize_leads(names: Sequence[str]) -> list[str]:
-    """Canonical spelling of every lead in ``names``; raises ``ValueError`` on unknown or repeated leads."""
+    """Canonical spelling of every lead in ``names`` (a list, tuple or array of names; a single string
+    is one name); raises ``ValueError`` on unknown, repeated or non-string leads, and when ``names``
+    is not a list of names at all (``None``, a number)."""
+    if isinstance(names, str):
+        names = [names]
+    else:
+        try:
+            names = list(names)
+        except TypeError:
+            raise ValueError(
+                f"leads must be a list of lead names, got {type(names).__name__} {names!r}"
+            ) from None
     canonical = [canonical_lead_name(n) for n in names]
     seen: set[str] = set()
     for original, lead in zip(names, canonical):

@@ -15,9 +15,11 @@ known in advance the test also says which outcome is right (an oracle), so a fau
 silently accepted fails as surely as a crash.
 
 Every run is deterministic (``derandomize=True``, no example database). Bugs these tests found
-have a strict-xfail test each at the end of the file, with the minimal reproduction; the fuzz
-strategies steer around them (marked ``known bug:``), so the fuzz tests keep guarding the rest.
-When a bug is fixed its xfail test XPASSes and fails: drop the marker and the steering.
+have a regression test each at the end of the file (``test_known_bug_*``), with the minimal
+reproduction. While a bug is open its test is marked strict-xfail and the fuzz strategies steer
+around it (a ``Known bug:`` comment); when it is fixed the xfail test XPASSes and fails, and the
+marker and the steering go, so that the fuzz strategies cover the input again. All 16 found so
+far are fixed.
 """
 
 from __future__ import annotations
@@ -147,10 +149,9 @@ def _extractor(name: str) -> EcgFeatureExtractor:
     )
 
 
-# Odd and common rates (Hz). Known bug: rates whose ratio to the target needs a denominator above
-# 1000 (1009, 1999, 2048 Hz ...) are resampled with an approximate ratio, see
-# test_known_bug_polyphase_ratio_is_approximated; integer rates up to 1000 Hz are exact.
-ODD_RATES = [50, 100, 128, 250, 257, 360, 400, 499.5, 500, 1000]
+# Odd and common rates (Hz), including ratios to the target with large terms (1009, 1999, 2048 Hz:
+# test_known_bug_polyphase_ratio_is_approximated) and the ends of the plausible range.
+ODD_RATES = [10, 50, 100, 128, 250, 257, 257.3, 360, 400, 499.5, 500, 1000, 1009, 1999, 2048, 4000]
 FLOAT_DTYPES = [np.float16, np.float32, np.float64]
 INT_DTYPES = [np.int16, np.int32, np.int64]
 #: (amplitude scale of the generated values, units= passed): mV, uV, V, and uV-scale values declared mV.
@@ -176,7 +177,8 @@ FAULTS: dict[str, tuple[str, ...]] = {
 SHORT_KEYWORDS = ("samples",)
 MISSING_KEYWORDS = ("missing",)
 UNITS_KEYWORDS = ("units", "amplitude", "mv")
-BAD_RATES = [0, -250, float("nan"), float("inf"), None, "abc", -0.0]
+#: Implausible rates too (test_known_bug_implausible_sampling_rate): below 10 Hz, above 20 kHz, booleans.
+BAD_RATES = [0, -250, float("nan"), float("inf"), None, "abc", -0.0, 0.01, 9.99, True, np.True_, 20_001, 1e9]
 BAD_UNITS = ["mv", "microvolt", "", "µV", "millivolts"]
 
 
@@ -220,20 +222,19 @@ def extractor_cases(
     config_name = config or draw(st.sampled_from(CONFIG_NAMES))
     cfg = _config(config_name)
     target = cfg["sampling_rate"]
-    method = cfg.get("resample_method", "polyphase")
     # "target": no resampling, so the output values are checked exactly.
     rate_kind = draw(st.sampled_from(["target", "odd", "any"]))
     rate = (
         target
         if rate_kind == "target"
-        else draw(st.sampled_from(ODD_RATES) if rate_kind == "odd" else st.integers(50, 1000))
+        else draw(st.sampled_from(ODD_RATES) if rate_kind == "odd" else st.integers(10, 4000))
     )
     order = draw(st.permutations(STANDARD_LEADS))
     canonical = list(order[: draw(st.integers(2 if fault == "duplicate_lead" else 1, 12))])
     names = [draw(st.sampled_from(SPELLINGS[lead])) for lead in canonical]
-    # Known bug: the fft method divides by zero when the record resamples to 0 samples, see
-    # test_known_bug_fft_resample_to_zero_samples; polyphase records may be 1 sample long.
-    min_len = 1 if method == "polyphase" else math.ceil(rate / target)
+    # Records may be 1 sample long, also those that resample to 0 samples with the fft method
+    # (test_known_bug_fft_resample_to_zero_samples): a ValueError saying it is too short.
+    min_len = 1
     # Lengths: a few samples, right around the minimum the config needs (both sides), 1-10 s, 10-60 s.
     at_min = math.ceil(cfg.get("min_samples") or target) * rate / target
     span = draw(st.sampled_from(["tiny", "at_minimum", "normal", "normal", "long"]))
@@ -298,6 +299,13 @@ def extractor_cases(
         passed_units = draw(st.sampled_from(BAD_UNITS))
     elif fault == "no_leads":
         passed_names = None
+
+    if fault != "bad_rate" and draw(st.integers(0, 5)) == 0:
+        # One number in another form: a numpy scalar or a 0-d array (test_known_bug_zero_d_array_sampling_rate).
+        forms = [np.array(rate), np.float64(rate)]
+        if float(np.float32(rate)) == rate:  # float32 is exact for whole rates, not for 257.3
+            forms.append(np.array(rate, dtype=np.float32))
+        passed_rate = draw(st.sampled_from(forms))
     # masked_leads (a dataset row's field, or the argument): recorded leads the model must not see,
     # possibly holding NaN (their rows are never read); a masked lead the record lacks is harmless.
     masked, masked_canonical = None, frozenset()
@@ -647,7 +655,10 @@ class Header:
             + self.comments
         )
         text = self.line_end.join(lines) + self.line_end
-        data = text.encode(self.encoding)
+        try:
+            data = text.encode(self.encoding)
+        except UnicodeEncodeError:  # a Greek mu (units) in a Latin-1/ASCII header of a mutation chain
+            data = text.encode("utf-8")
         return (b"\xef\xbb\xbf" + data) if self.bom else data
 
 
@@ -821,12 +832,25 @@ def _mut_baseline(draw, src, header):
 
 def _mut_units(draw, src, header):
     channels = draw(st.lists(st.integers(0, 11), min_size=1, max_size=12, unique=True))
-    # Known bug: "µV" / "μV" are read as "V" (test_known_bug_micro_sign_units): ASCII spellings only.
     kind = draw(
         st.sampled_from(
-            ["uV_same_values", "V_same_values", "lower_mv", "no_units", "uV_keep_gain", "unknown"]
+            [
+                "uV_same_values",
+                "V_same_values",
+                "lower_mv",
+                "no_units",
+                "uV_keep_gain",
+                "micro_same_values",
+                "micro_keep_gain",
+                "unknown",
+            ]
         )
     )
+    # Micro-volts as written by other tools: micro sign, Greek mu, any case (test_known_bug_micro_sign_units),
+    # in a UTF-8 or Latin-1 header.
+    micro = draw(st.sampled_from(["µV", "μV", "µv", "UV", "uv"]))
+    if "micro" in kind and header.encoding == "ascii":
+        header.encoding = draw(st.sampled_from(["utf-8", "latin-1"] if micro.startswith("µ") else ["utf-8"]))
     expected = src.signal.copy()
     for c in channels:
         f = _gain_fields(header.signals[c][2])
@@ -836,10 +860,12 @@ def _mut_units(draw, src, header):
             "lower_mv": (f["gain"], "mv"),
             "no_units": (f["gain"], None),
             "uV_keep_gain": (f["gain"], "uV"),
+            "micro_same_values": ("1", micro),
+            "micro_keep_gain": (f["gain"], micro),
             "unknown": (f["gain"], draw(st.sampled_from(["degC", "mmHg", "NU", "bpm", "%"]))),
         }[kind]
         header.signals[c][2] = _gain_token(gain, f["baseline"], units)
-        if kind == "uV_keep_gain":
+        if kind in ("uV_keep_gain", "micro_keep_gain"):
             expected[c] = src.signal[c] / 1000.0
     if kind == "unknown":
         return None, Expect("error", ("units", "header"))
@@ -1130,8 +1156,8 @@ def code15_feats(shared_data) -> list[tuple[str, np.ndarray, int]]:
     return out
 
 
-# Known bugs: string/cell/struct feats raise TypeError, complex feats lose their imaginary part
-# silently, an empty curr_sample_rate raises IndexError (test_known_bug_code15_mat_*): not drawn here.
+# Including string/cell/struct/complex feats and an empty or repeated curr_sample_rate
+# (test_known_bug_code15_mat_*): a ValueError naming field 'feats' or 'sampling_rate'.
 CODE15_MUTATIONS = [
     "as_is",
     "transposed",
@@ -1153,6 +1179,12 @@ CODE15_MUTATIONS = [
     "zero_padded",
     "flat_lead",
     "bool",
+    "feats_str",
+    "feats_cell",
+    "feats_struct",
+    "feats_complex",
+    "rate_empty",
+    "rate_two_values",
 ]
 
 
@@ -1225,6 +1257,25 @@ def test_fuzz_code15_mat_through_read_record(code15_feats, tmp_path, kind, data,
     elif kind == "bool":
         content["feats"] = feats > 0
         expect = Expect("either", ("signal", "feats", "leads"))
+    elif kind in ("feats_str", "feats_cell", "feats_struct", "feats_complex"):
+        if kind == "feats_str":
+            content["feats"] = np.array([["abcde"] * 3] * 12)
+        elif kind == "feats_cell":
+            cell = np.empty(data.draw(st.integers(1, 12)), dtype=object)
+            for i in range(cell.size):
+                cell[i] = feats[:, : data.draw(st.integers(1, feats.shape[1]))]
+            content["feats"] = cell
+        elif kind == "feats_struct":
+            content["feats"] = {"data": feats, "fs": rate}
+        else:
+            content["feats"] = feats + 1j * data.draw(st.sampled_from([feats, np.ones_like(feats)]))
+        expect = Expect("error", ("feats",))
+    elif kind == "rate_empty":
+        content["curr_sample_rate"] = np.zeros(data.draw(st.sampled_from([(0,), (0, 0), (1, 0)])))
+        expect = Expect("error", ("sampling_rate",))
+    elif kind == "rate_two_values":
+        content["curr_sample_rate"] = np.array([[rate, rate]])
+        expect = Expect("error", ("sampling_rate",))
     directory = _fresh_dir(tmp_path)
     try:
         path = directory / f"{name}.mat"
@@ -1309,7 +1360,6 @@ def labels_csvs(draw):
         "ward\\00003_lr",
         " 00001_lr ",
     ]
-    # Known bug: a record listed twice is written twice (test_known_bug_duplicate_csv_rows): unique ids here.
     ids = draw(
         st.lists(
             st.sampled_from(id_choices),
@@ -1318,6 +1368,13 @@ def labels_csvs(draw):
             unique_by=lambda s: s.strip().replace("\\", "/").rsplit("/", 1)[-1],
         )
     )
+    resolvable = [i for i in ids if _resolve(i) is not None]
+    if resolvable and draw(st.integers(0, 3)) == 1:  # about 1 CSV in 4
+        # A record listed twice, possibly spelled differently (test_known_bug_duplicate_csv_rows): the
+        # CSV is refused, naming the record.
+        again = _resolve(draw(st.sampled_from(resolvable)))
+        spellings = [c for c in id_choices if _resolve(c) == again]
+        ids.insert(draw(st.integers(0, len(ids))), draw(st.sampled_from(spellings)))
     rows = []
     for record_id in ids:
         cells, valid, bad = {"record_id": record_id}, True, None
@@ -1336,10 +1393,13 @@ def labels_csvs(draw):
             if column == "split":
                 cells[column] = draw(st.sampled_from(BAD_SPLITS if broken else sorted(SPLIT_VALUES)))
             elif column == "fold":
-                # Known bug: "inf" and values beyond int32 crash the build (test_known_bug_fold_out_of_range).
-                cells[column] = "abc" if broken else draw(st.sampled_from(["", "0", "3", "10", "2.0", "-1"]))
+                # Not an int32 (test_known_bug_fold_out_of_range, test_known_bug_bad_fold_or_age_*): skipped.
+                bad_folds = ["abc", "inf", "-inf", "nan", "1e12", "2147483648", "2.5"]
+                good_folds = ["", "0", "3", "10", "2.0", "-1", " 4 ", "2147483647"]
+                cells[column] = draw(st.sampled_from(bad_folds if broken else good_folds))
             elif column == "age":
-                cells[column] = "old" if broken else draw(st.sampled_from(["", "56", "56.5", "0", "101"]))
+                bad_ages = ["old", "inf", "nan", "-1", "1e39"]
+                cells[column] = draw(st.sampled_from(bad_ages if broken else ["", "56", "56.5", "0", "101"]))
             else:
                 cells[column] = draw(TEXT)
                 broken = False
@@ -1351,12 +1411,14 @@ def labels_csvs(draw):
     return layout, list(columns), class_names, rows
 
 
-def _render_csv(columns, rows: list[CsvRow], line_end: str) -> str:
+def _render_csv(columns, rows: list[CsvRow], line_end: str, trailing_comma: str = "none") -> str:
+    """The CSV text; ``trailing_comma``: ``"data"`` ends every data line with a comma (a common export
+    artefact, read with pandas ``index_col=False``), ``"all"`` the header line too."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator=line_end)
-    writer.writerow(columns)
+    writer.writerow(list(columns) + ([""] if trailing_comma == "all" else []))
     for row in rows:
-        writer.writerow([row.cells.get(c, "") for c in columns])
+        writer.writerow([row.cells.get(c, "") for c in columns] + ([""] if trailing_comma != "none" else []))
     return buffer.getvalue()
 
 
@@ -1370,18 +1432,20 @@ def _resolve(record_id: str) -> str | None:
     }.get(key)
 
 
-@settings(FUZZ, max_examples=100)
+@settings(FUZZ, max_examples=140)
 @given(
     spec=labels_csvs(),
     encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252"]),
     line_end=st.sampled_from(["\n", "\r\n"]),
+    trailing_comma=st.sampled_from(["none", "none", "data", "all"]),
 )
-def test_fuzz_prepare_folder_labels_csv(record_folder, tmp_path, spec, encoding, line_end):
-    """Labels CSVs in both layouts with every optional column, odd cells, BOMs and encodings: the
-    dataset has exactly the well-formed rows whose record exists, with their labels; every other
-    row is reported by record; or prepare_folder raises a ValueError naming the CSV."""
+def test_fuzz_prepare_folder_labels_csv(record_folder, tmp_path, spec, encoding, line_end, trailing_comma):
+    """Labels CSVs in both layouts with every optional column, odd cells, BOMs, encodings and trailing
+    commas: the dataset has exactly the well-formed rows whose record exists, with their labels;
+    every other row is reported by record; a record listed twice, or a CSV that is not UTF-8, is a
+    ValueError naming the CSV."""
     layout, columns, class_names, rows = spec
-    text = _render_csv(columns, rows, line_end)
+    text = _render_csv(columns, rows, line_end, trailing_comma)
     work = _fresh_dir(tmp_path)
     try:
         csv_path = work / "labels.csv"
@@ -1401,16 +1465,23 @@ def test_fuzz_prepare_folder_labels_csv(record_folder, tmp_path, spec, encoding,
             target = _resolve(row.record_id)
             if row.valid and target is not None:
                 expected[row.record_id.strip()] = row
-        event(f"layout={layout} encoding={encoding} utf8={utf8_ok}")
+        targets = [_resolve(row.record_id) for row in rows]
+        listed_twice = sorted({t for t in targets if t is not None and targets.count(t) > 1})
+        event(f"layout={layout} encoding={encoding} utf8={utf8_ok} listed_twice={bool(listed_twice)}")
         try:
             result = prepare_folder(record_folder, csv_path, work / "ds", progress=False, **kwargs)
         except ValueError as error:
             event("outcome=ValueError")
             message = str(error)
-            assert not utf8_ok or not expected, f"usable CSV rejected: {message}"
+            assert not utf8_ok or not expected or listed_twice, f"usable CSV rejected: {message}"
             assert "labels.csv" in message or "no usable record" in message, message
+            if utf8_ok and listed_twice:
+                assert "twice" in message and "field 'record_id'" in message, message
+                assert listed_twice[0].rsplit("/", 1)[-1] in message, message
+            assert not (work / "ds").exists()
             return
         assert utf8_ok, f"a {encoding} CSV that is not UTF-8 was read without complaint"
+        assert not listed_twice, f"records {listed_twice} listed twice were accepted"
         if not faithful:
             return  # latin-1 bytes that happen to be valid UTF-8: read as UTF-8, nothing to compare
         ds = result.dataset
@@ -1502,130 +1573,131 @@ def test_fuzz_prepare_folder_broken_csvs_raise_valueerror(record_folder, tmp_pat
 
 
 # =============================================================================================
-# Known bugs found by this fuzz pass: minimal reproductions, strict xfail (they flip when fixed)
+# Bugs found by this fuzz pass: minimal reproductions, one regression test each (all fixed)
 # =============================================================================================
 
 _X12 = np.sin(np.linspace(0, 60, 5000))[None].repeat(12, axis=0) * np.linspace(0.5, 1.5, 12)[:, None]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a bfloat16 torch tensor raises TypeError (tensor.numpy() has no bfloat16)"
-)
 def test_known_bug_bfloat16_tensor():
+    """Was: a bfloat16 torch tensor raised TypeError (tensor.numpy() has no bfloat16). Now widened
+    to float32 first, so the output equals the float32 tensor's."""
     fe = EcgFeatureExtractor.from_preset("ecg_jepa")
     x = torch.from_numpy(_X12).to(torch.bfloat16)
-    try:
-        out = fe(x, sampling_rate=500, leads=STANDARD_LEADS)
-    except ValueError:
-        return
+    out = fe(x, sampling_rate=500, leads=STANDARD_LEADS)
     assert out["input_values"].shape == (1, 8, 2500)
+    reference = fe(x.float(), sampling_rate=500, leads=STANDARD_LEADS)
+    np.testing.assert_array_equal(out["input_values"], reference["input_values"])
+    rows = fe([{"signal": x, "sampling_rate": 500, "leads": STANDARD_LEADS}])  # inside a dataset row too
+    np.testing.assert_array_equal(rows["input_values"], reference["input_values"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a column batch (datasets.map(batched=True)) with a scalar field or a "
-    "short extra column raises TypeError/IndexError, not ValueError",
-)
 @pytest.mark.parametrize(
-    "columns",
+    ("columns", "field_name"),
     [
-        {"signal": np.stack([_X12, _X12]), "sampling_rate": 500, "leads": list(STANDARD_LEADS)},
-        {
-            "signal": [_X12, _X12],
-            "sampling_rate": [500, 500],
-            "leads": [list(STANDARD_LEADS)] * 2,
-            "label": [1],
-        },
+        ({"signal": np.stack([_X12, _X12]), "sampling_rate": 500, "leads": list(STANDARD_LEADS)}, "sampling_rate"),
+        (
+            {
+                "signal": [_X12, _X12],
+                "sampling_rate": [500, 500],
+                "leads": [list(STANDARD_LEADS)] * 2,
+                "label": [1],
+            },
+            "label",
+        ),
     ],
     ids=["scalar_rate", "short_extra_column"],
 )
-def test_known_bug_column_batch_with_scalar_or_short_fields(columns):
-    with pytest.raises(ValueError):
+def test_known_bug_column_batch_with_scalar_or_short_fields(columns, field_name):
+    """Was: a column batch (datasets.map(batched=True)) with a scalar field or a short extra column
+    raised TypeError/IndexError. Now a ValueError naming the field and the expected length."""
+    with pytest.raises(ValueError, match=rf"field '{field_name}' .*expected one value per record \(2 values"):
         EcgFeatureExtractor.from_preset("ecg_jepa")(columns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: lead names that are not strings (None, ints) raise TypeError: "
-    "_unpack takes them for per-record lists",
-)
-@pytest.mark.parametrize("leads", [[None] * 12, list(range(12))], ids=["none", "ints"])
+@pytest.mark.parametrize("leads", [[None] * 12, list(range(12)), 12], ids=["none", "ints", "int"])
 def test_known_bug_non_string_lead_names(leads):
+    """Was: lead names that are not strings raised TypeError (_unpack took them for per-record lists)."""
     with pytest.raises(ValueError, match="lead"):
         EcgFeatureExtractor.from_preset("ecg_jepa")(_X12, sampling_rate=500, leads=leads)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a 0-d numpy array as sampling_rate raises TypeError (iteration over a 0-d array)",
+@pytest.mark.parametrize(
+    "rate", [np.array(500), np.array([500]), np.int64(500), torch.tensor(500)], ids=["0d", "1d", "np_int", "tensor"]
 )
-def test_known_bug_zero_d_array_sampling_rate():
-    try:
-        out = EcgFeatureExtractor.from_preset("ecg_jepa")(
-            _X12, sampling_rate=np.array(500), leads=STANDARD_LEADS
-        )
-    except ValueError:
-        return
-    assert out["input_values"].shape == (1, 8, 2500)
+def test_known_bug_zero_d_array_sampling_rate(rate):
+    """Was: a 0-d numpy array as sampling_rate raised TypeError (iteration over a 0-d array). Now one
+    number, as are a one-element array, a numpy scalar and a 0-d tensor."""
+    fe = EcgFeatureExtractor.from_preset("ecg_jepa")
+    out = fe(_X12, sampling_rate=rate, leads=STANDARD_LEADS)
+    reference = fe(_X12, sampling_rate=500, leads=STANDARD_LEADS)
+    np.testing.assert_array_equal(out["input_values"], reference["input_values"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: resample_method='fft' raises ZeroDivisionError when a record resamples to 0 samples",
-)
 @pytest.mark.parametrize("num_samples", [0, 1])
 def test_known_bug_fft_resample_to_zero_samples(num_samples):
-    fe = EcgFeatureExtractor(resample_method="fft")
-    with pytest.raises(ValueError, match="samples"):
+    """Was: resample_method='fft' raised ZeroDivisionError when a record resampled to 0 samples.
+    Now the length is checked before resampling."""
+    fe = EcgFeatureExtractor(resample_method="fft", min_samples=1)
+    with pytest.raises(ValueError, match="has 0 samples at 500 Hz"):
         fe(_X12[:, :num_samples], sampling_rate=5000, leads=STANDARD_LEADS)
+    from ecg_hub.modeling.feature_extraction_ecg import resample
+
+    with pytest.raises(ValueError, match="resample to 0 samples"):
+        resample(_X12[:, :num_samples], 5000, 500, "fft")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: finite values beyond the return dtype's range come out as inf "
-    "(float64 1e39 -> float32, 1e5 -> float16)",
+@pytest.mark.parametrize(
+    ("scale", "return_dtype", "units"),
+    [(1e39, "float32", "mV"), (1e5, "float16", "mV"), (1e306, "float32", "V"), (5e4, "float16", "mV")],
 )
-@pytest.mark.parametrize(("scale", "return_dtype"), [(1e39, "float32"), (1e5, "float16")])
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_known_bug_finite_input_gives_non_finite_output(scale, return_dtype):
+def test_known_bug_finite_input_gives_non_finite_output(scale, return_dtype, units):
+    """Was: finite values beyond the return dtype's range came out as inf (float64 1e39 -> float32,
+    1e5 -> float16). Now a ValueError about the amplitude, naming the record."""
     fe = EcgFeatureExtractor(return_dtype=return_dtype)
-    try:
-        out = fe(_X12 * scale, sampling_rate=500, leads=STANDARD_LEADS)
-    except ValueError:
-        return
+    with pytest.raises(ValueError, match=r"record big: signal amplitude reaches"):
+        fe(_X12 * scale, sampling_rate=500, leads=STANDARD_LEADS, units=units, record_ids=["big"])
+    out = fe(_X12 * 100, sampling_rate=500, leads=STANDARD_LEADS, units=units)  # in range: fine
     assert np.isfinite(out["input_values"]).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: implausible sampling rates are accepted (0.01 Hz upsamples 25000x, "
-    "True is 1 Hz) or fail inside scipy ('up and down must be >= 1')",
+@pytest.mark.parametrize(
+    "rate", [0.01, 9.99, True, np.True_, 20_000.5, 1e9], ids=["0.01Hz", "9.99Hz", "True", "np.True_", "20kHz+", "1GHz"]
 )
-@pytest.mark.parametrize("rate", [0.01, True, 1e9], ids=["0.01Hz", "True", "1GHz"])
 def test_known_bug_implausible_sampling_rate(rate):
-    with pytest.raises(ValueError, match="sampling_rate"):
+    """Was: implausible rates were accepted (0.01 Hz upsampled 25000x, True was 1 Hz) or failed inside
+    scipy. Now the plausible range is 10 Hz to 20 kHz, booleans refused."""
+    with pytest.raises(ValueError, match=r"record #0 in the batch: sampling_rate"):
         EcgFeatureExtractor.from_preset("ecg_jepa")(_X12[:, :10], sampling_rate=rate, leads=STANDARD_LEADS)
+    with pytest.raises(ValueError, match="sampling_rate"):
+        EcgFeatureExtractor(sampling_rate=rate)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: polyphase resampling approximates the rate ratio (limit_denominator(1000)): "
-    "60 s at 1999 Hz gives 14993 samples at 250 Hz, not 15000",
-)
-@pytest.mark.parametrize("rate", [1009, 1999, 2048])
+@pytest.mark.parametrize("rate", [10, 20_000])
+def test_plausible_sampling_rate_bounds_are_accepted(rate):
+    fe = EcgFeatureExtractor(sampling_rate=250, leads=["I"], num_samples=None, min_samples=1)
+    out = fe(np.sin(np.arange(2 * rate) / rate)[None], sampling_rate=rate, leads=["I"])
+    assert int(out["attention_mask"].sum()) == 500
+
+
+@pytest.mark.parametrize("rate", [1009, 1999, 2048, 257.3, 1234.5678])
 def test_known_bug_polyphase_ratio_is_approximated(rate):
+    """Was: polyphase resampling approximated the rate ratio (limit_denominator(1000)): 60 s at
+    1999 Hz gave 14993 samples at 250 Hz. Now the exact ratio and the documented length."""
+    from ecg_hub.modeling.feature_extraction_ecg import resampled_length
+
     fe = EcgFeatureExtractor(sampling_rate=250, leads=["I"], num_samples=None)
-    out = fe(np.sin(np.arange(60 * rate) / rate)[None], sampling_rate=rate, leads=["I"])
-    assert int(out["attention_mask"].sum()) == 15000
+    num = round(60 * rate)
+    out = fe(np.sin(np.arange(num) / rate)[None], sampling_rate=rate, leads=["I"])
+    expected = math.ceil(num * Fraction(str(rate)) ** -1 * 250)
+    assert int(out["attention_mask"].sum()) == resampled_length(num, rate, 250) == expected
+    if isinstance(rate, int):
+        assert expected == 15000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an empty batch array (0, leads, samples) fails in np.stack/max with a "
-    "message that does not say the batch is empty",
-)
 @pytest.mark.parametrize("num_samples", [5000, None])
 def test_known_bug_empty_batch_message(num_samples):
+    """Was: an empty batch array (0, leads, samples) failed in np.stack/max with a meaningless message."""
     with pytest.raises(ValueError, match=r"(?i)empty batch|batch is empty|0 records|no records"):
         EcgFeatureExtractor(num_samples=num_samples)(
             np.zeros((0, 12, 5000)), sampling_rate=500, leads=STANDARD_LEADS
@@ -1641,13 +1713,10 @@ def _ptbxl_copy(shared_data: Path, directory: Path, header_edit) -> Path:
     return directory / "00001_lr"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an unparseable sampling frequency in the .hea record line is read as wfdb's "
-    "default 250 Hz (or a shifted field), silently: the token is only checked for presence",
-)
-@pytest.mark.parametrize("token", ["abc", "-100", "nan", "inf", "+100", "１００"])
+@pytest.mark.parametrize("token", ["abc", "-100", "nan", "inf", "+100", "１００", "1e2", "100x", "1\u00e900"])
 def test_known_bug_unparseable_header_sampling_frequency(shared_data, tmp_path, token):
+    """Was: an unparseable sampling frequency in the .hea record line was read as wfdb's default
+    250 Hz (or a shifted field), silently. Now the record line is parsed here: field 'sampling_rate'."""
     path = _ptbxl_copy(
         shared_data,
         tmp_path,
@@ -1655,16 +1724,25 @@ def test_known_bug_unparseable_header_sampling_frequency(shared_data, tmp_path, 
     )
     with pytest.raises(ValueError) as error:
         read_wfdb_record(path)
-    _check_record_error(error.value, "00001_lr", ("sampling_rate", "header"))
+    _check_record_error(error.value, "00001_lr", ("sampling_rate",))
+    assert repr(token) in str(error.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: wfdb parses units 'µV'/'μV' as 'V', so a micro-volt record is scaled "
-    "1e6 too high and rejected as 'wrong units'; the µv/μv entries of _UNIT_TO_MV never match",
+@pytest.mark.parametrize("token", ["100", "100.0", "100/1000", "100/1000(0)"])
+def test_wfdb_header_sampling_frequency_forms(shared_data, tmp_path, token):
+    path = _ptbxl_copy(
+        shared_data, tmp_path, lambda text: text.replace("00001_lr 12 100 1000", f"00001_lr 12 {token} 1000", 1)
+    )
+    assert read_wfdb_record(path).sampling_rate == 100
+
+
+@pytest.mark.parametrize(
+    ("units", "encoding"),
+    [("µV", "utf-8"), ("µV", "latin-1"), ("μV", "utf-8"), ("µv", "utf-8"), ("UV", "ascii"), ("ｕＶ", "utf-8")],
 )
-@pytest.mark.parametrize(("units", "encoding"), [("µV", "utf-8"), ("µV", "latin-1"), ("μV", "utf-8")])
 def test_known_bug_micro_sign_units(shared_data, tmp_path, units, encoding):
+    """Was: wfdb parsed units 'µV'/'μV' as 'V', so a micro-volt record was scaled 1e6 too high and
+    rejected as 'wrong units'. Now the units are parsed from the header, micro-sign- and case-aware."""
     path = _ptbxl_copy(
         shared_data, tmp_path, lambda text: text.replace("1000.0(0)/mV", f"1(0)/{units}").encode(encoding)
     )
@@ -1672,39 +1750,36 @@ def test_known_bug_micro_sign_units(shared_data, tmp_path, units, encoding):
     np.testing.assert_array_equal(read_wfdb_record(path).signal, reference.signal)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: CODE-15 .mat feats of strings, cells or structs raise TypeError (np.isfinite) "
-    "in read_code15_mat instead of a ValueError naming field 'feats'",
-)
 @pytest.mark.parametrize("kind", ["str", "cell", "struct"])
 def test_known_bug_code15_mat_non_numeric_feats(tmp_path, kind):
+    """Was: CODE-15 .mat feats of strings, cells or structs raised TypeError (np.isfinite)."""
     cell = np.empty(2, dtype=object)
     cell[0], cell[1] = _X12, _X12[:, :10]
     feats = {"str": np.array([["abcde"] * 3] * 12), "cell": cell, "struct": {"a": 1}}[kind]
     scipy.io.savemat(tmp_path / "rec.mat", {"feats": feats, "curr_sample_rate": 400})
     with pytest.raises(ValueError) as error:
         read_record(tmp_path / "rec.mat")
-    _check_record_error(error.value, "rec")
+    _check_record_error(error.value, "rec", ("feats",))
+    assert str(tmp_path / "rec.mat") in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an empty curr_sample_rate in a CODE-15 .mat raises IndexError")
-def test_known_bug_code15_mat_empty_sample_rate(tmp_path):
-    scipy.io.savemat(tmp_path / "rec.mat", {"feats": _X12, "curr_sample_rate": np.zeros((0,))})
+@pytest.mark.parametrize("rate", [np.zeros((0,)), np.zeros((1, 0)), np.array([[400, 400]])], ids=["empty", "1x0", "two"])
+def test_known_bug_code15_mat_empty_sample_rate(tmp_path, rate):
+    """Was: an empty curr_sample_rate in a CODE-15 .mat raised IndexError (two values: the first was used)."""
+    scipy.io.savemat(tmp_path / "rec.mat", {"feats": _X12, "curr_sample_rate": rate})
     with pytest.raises(ValueError) as error:
         read_code15_mat(tmp_path / "rec.mat")
     _check_record_error(error.value, "rec", ("sampling_rate",))
+    assert str(tmp_path / "rec.mat") in str(error.value)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: complex CODE-15 feats are accepted, the imaginary part dropped silently"
-)
-@pytest.mark.filterwarnings("ignore::numpy.exceptions.ComplexWarning")
 def test_known_bug_code15_mat_complex_feats(tmp_path):
+    """Was: complex CODE-15 feats were accepted, the imaginary part dropped silently."""
     scipy.io.savemat(tmp_path / "rec.mat", {"feats": _X12 + 1j * _X12, "curr_sample_rate": 500})
     with pytest.raises(ValueError) as error:
         read_record(tmp_path / "rec.mat")
-    _check_record_error(error.value, "rec")
+    _check_record_error(error.value, "rec", ("feats",))
+    assert "complex" in str(error.value)
 
 
 def _csv_case(record_folder: Path, tmp_path: Path, text: bytes, **kwargs):
@@ -1713,56 +1788,63 @@ def _csv_case(record_folder: Path, tmp_path: Path, text: bytes, **kwargs):
     return prepare_folder(record_folder, csv_path, tmp_path / "ds", progress=False, **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a record listed twice in the labels CSV is written twice, possibly with "
-    "conflicting labels and in two splits (train and test)",
+@pytest.mark.parametrize(
+    ("second", "spelled"), [("00001_lr", ""), ("ward/00003_lr", " (as '00003_lr' and 'ward/00003_lr')")]
 )
-def test_known_bug_duplicate_csv_rows(record_folder, tmp_path):
-    text = b"record_id,labels,split\n00001_lr,NORM,train\n00001_lr,AF,test\n00002_lr,AF,train\n"
-    try:
-        result = _csv_case(record_folder, tmp_path, text)
-    except ValueError as error:
-        assert "00001_lr" in str(error) and "record_id" in str(error)
-        return
-    ids = list(result.dataset["record_id"])
-    assert ids.count("00001_lr") <= 1, ids
-    reasons = {item.record_id: item.reason for item in result.summary.skipped}
-    assert "record_id" in reasons.get("00001_lr", ""), reasons
+def test_known_bug_duplicate_csv_rows(record_folder, tmp_path, second, spelled):
+    """Was: a record listed twice in the labels CSV was written twice, possibly with conflicting labels
+    and in two splits. Now (documented in ecg_hub.data.folder) a ValueError naming the CSV, the
+    record_id and both rows, and nothing is written: which row is right cannot be told."""
+    first = "00003_lr" if spelled else "00001_lr"
+    text = f"record_id,labels,split\n{first},NORM,train\n00002_lr,AF,train\n{second},AF,test\n".encode()
+    with pytest.raises(ValueError) as error:
+        _csv_case(record_folder, tmp_path, text)
+    message = str(error.value)
+    assert "labels.csv" in message and "field 'record_id'" in message, message
+    assert f"lists record {second!r} twice, in data rows 1 and 3{spelled}" in message, message
+    assert not (tmp_path / "ds").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: fold 'inf' raises OverflowError, a fold beyond int32 aborts the whole build "
-    "with pyarrow's 'Integer value ... not in range', naming neither record nor field",
-)
-@pytest.mark.parametrize("fold", ["inf", "1e12"])
+@pytest.mark.parametrize("fold", ["inf", "1e12", "-inf", "nan", "2.5", "2147483648"])
 def test_known_bug_fold_out_of_range(record_folder, tmp_path, fold):
-    text = f"record_id,labels,fold\n00001_lr,NORM,{fold}\n00002_lr,AF,1\n".encode()
+    """Was: fold 'inf' raised OverflowError, a fold beyond int32 aborted the whole build with pyarrow's
+    'Integer value ... not in range'. Now that record is skipped, its reason naming the field."""
+    text = f"record_id,labels,fold\n00001_lr,NORM,{fold}\n00002_lr,AF,2.0\n".encode()
     result = _csv_case(record_folder, tmp_path, text)
-    assert list(result.dataset["record_id"]) == ["00002_lr"]
+    assert list(result.dataset["record_id"]) == ["00002_lr"] and list(result.dataset["fold"]) == [2]
     reasons = {item.record_id: item.reason for item in result.summary.skipped}
     assert "field 'fold'" in reasons["00001_lr"], reasons
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a bad fold/age cell skips the record with Python's 'could not convert "
-    "string to float' and no field name",
-)
-@pytest.mark.parametrize("column", ["fold", "age"])
-def test_known_bug_bad_fold_or_age_reason_names_field(record_folder, tmp_path, column):
-    text = f"record_id,labels,{column}\n00001_lr,NORM,abc\n00002_lr,AF,1\n".encode()
+@pytest.mark.parametrize(("column", "value"), [("fold", "abc"), ("age", "abc"), ("age", "inf"), ("age", "-1")])
+def test_known_bug_bad_fold_or_age_reason_names_field(record_folder, tmp_path, column, value):
+    """Was: a bad fold/age cell skipped the record with Python's 'could not convert string to float'.
+    Now the reason names the record, the field, the data row and the CSV."""
+    text = f"record_id,labels,{column}\n00002_lr,AF,1\n00001_lr,NORM,{value}\n".encode()
     result = _csv_case(record_folder, tmp_path, text)
     reasons = {item.record_id: item.reason for item in result.summary.skipped}
-    assert f"field {column!r}" in reasons["00001_lr"], reasons
+    reason = reasons["00001_lr"]
+    assert reason.startswith(f"record '00001_lr': field {column!r} is {value!r} in data row 2 of labels CSV"), reason
+    assert "labels.csv" in reason, reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an empty (0-byte) labels CSV raises pandas' 'No columns to parse from file', "
-    "which does not name the CSV",
-)
 def test_known_bug_empty_csv_message(record_folder, tmp_path):
-    with pytest.raises(ValueError, match="labels.csv"):
+    """Was: an empty (0-byte) labels CSV raised pandas' 'No columns to parse from file'."""
+    with pytest.raises(ValueError, match=r"labels CSV '.*labels\.csv' is empty"):
         _csv_case(record_folder, tmp_path, b"")
+
+
+@pytest.mark.parametrize("header_comma", [False, True])
+def test_trailing_commas_do_not_shift_columns(record_folder, tmp_path, header_comma):
+    """A trailing comma on every line (index_col=False): the columns stay where the header puts them."""
+    header = "record_id,labels,age" + ("," if header_comma else "")
+    text = f"{header}\n00001_lr,NORM,56,\n00002_lr,AF,,\n".encode()
+    ds = _csv_case(record_folder, tmp_path, text).dataset
+    assert sorted(ds["record_id"]) == ["00001_lr", "00002_lr"]
+    assert {r: a for r, a in zip(ds["record_id"], ds["age"])} == {"00001_lr": 56.0, "00002_lr": None}
+
+
+def test_extra_non_empty_field_is_refused(record_folder, tmp_path):
+    """More values than the header names: pandas would drop them silently with index_col=False."""
+    with pytest.raises(ValueError, match=r"labels CSV '.*labels\.csv': data row 1 has 4 fields"):
+        _csv_case(record_folder, tmp_path, b"record_id,labels,age\n00001_lr,NORM,56,AF\n")

@@ -11,18 +11,29 @@ CSV format (one row per record; UTF-8, header row):
       ``labels`` column and none are listed, every column other than the id and the optional
       columns below is a class column;
 * optional: ``patient_id``, ``split`` (``train``/``validation``/``test``; ``val``/``valid`` accepted),
-  ``fold`` (integer), ``report`` (free text), ``age`` (years), ``sex``.
+  ``fold`` (an integer in the int32 range; ``2.0`` is 2, ``2.5``/``inf``/``nan`` are errors),
+  ``report`` (free text), ``age`` (years: a finite number >= 0), ``sex``. An empty cell is a
+  missing value.
+
+Each record is listed once: a record named by two rows (also as ``rec001`` and ``sub/rec001``) is a
+``ValueError`` naming the record and both rows, because the two rows may disagree on labels or split
+and neither can be preferred. A trailing comma on every line is tolerated (``index_col=False``);
+columns without a header name must be empty.
 
 Without a ``split`` column, ``split`` is a seeded random 80/10/10 split by patient (by record when
 there is no ``patient_id``). Records listed but not on disk, records on disk but not listed, and
-records failing the reader's record checks are skipped and reported; flat, clipped or absent leads
-are zeroed and listed in ``masked_leads`` instead (``ecg_hub.data.records``).
+records failing the reader's record checks, and rows with a bad cell (split, fold, age, class value:
+the reason names the record, the field, the data row and the CSV) are skipped and reported; flat,
+clipped or absent leads are zeroed and listed in ``masked_leads`` instead (``ecg_hub.data.records``).
 """
 
 from __future__ import annotations
 
+import csv
 import glob
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -52,6 +63,82 @@ def _truthy(value: Any, record_id: str, column: str) -> bool:
     if text in ("0", "0.0", "false", "no", "n", "", "nan"):
         return False
     raise ValueError(f"record {record_id!r}: field {column!r} is {value!r}; expected 0/1 or true/false")
+
+
+def _parse_fold(value: Any, record_id: str, where: str) -> int | None:
+    """A fold cell as an int32 (``""`` -> ``None``), or a ``ValueError`` naming record, field and row."""
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number != int(number) or not -(2**31) <= number < 2**31:
+        raise ValueError(
+            f"record {record_id!r}: field 'fold' is {value!r} {where}; expected an integer between "
+            f"{-(2**31)} and {2**31 - 1} (or an empty cell)"
+        )
+    return int(number)
+
+
+def _parse_age(value: Any, record_id: str, where: str) -> float | None:
+    """An age cell in years (``""`` -> ``None``), or a ``ValueError`` naming record, field and row."""
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not 0 <= number <= 3.0e38:  # stored as float32
+        raise ValueError(
+            f"record {record_id!r}: field 'age' is {value!r} {where}; expected a finite number of years >= 0 "
+            "(or an empty cell)"
+        )
+    return number
+
+
+def _read_labels_csv(labels_csv: str | os.PathLike):
+    """The labels CSV as a table of strings, or a ``ValueError`` naming the CSV."""
+    import pandas as pd
+
+    name = os.fspath(labels_csv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        try:
+            # index_col=False: a trailing comma on each data line must not shift the columns (pandas
+            # would otherwise take the first column as the index).
+            table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False, index_col=False)
+        except pd.errors.EmptyDataError as error:
+            raise ValueError(f"labels CSV {name!r} is empty ({error}); expected a CSV with a header row") from error
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"labels CSV {name!r} could not be read ({error}); expected a CSV with a header row") from error
+    for warning in caught:  # pass the others on
+        if not issubclass(warning.category, pd.errors.ParserWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _check_extra_fields(name, len(table.columns))
+    # A trailing comma on the header line makes an unnamed column: harmless when it is empty.
+    unnamed = [c for c in table.columns if str(c).startswith("Unnamed: ")]
+    for column in unnamed:
+        if table[column].str.strip().astype(bool).any():
+            raise ValueError(
+                f"labels CSV {name!r}: column {list(table.columns).index(column) + 1} has no header name but "
+                "holds values; expected a name for every column in the header row"
+            )
+    return table.drop(columns=unnamed)
+
+
+def _check_extra_fields(name: str, num_columns: int) -> None:
+    """Raise if a data row has more non-empty fields than the header names (pandas drops them)."""
+    with open(name, encoding="utf-8-sig", newline="") as handle:
+        for number, fields in enumerate(csv.reader(handle)):
+            if number and len(fields) > num_columns and any(f.strip() for f in fields[num_columns:]):
+                raise ValueError(
+                    f"labels CSV {name!r}: data row {number} has {len(fields)} fields but the header names "
+                    f"{num_columns} columns; expected at most a trailing empty field"
+                )
 
 
 def _load_folder_row(task: dict[str, Any], checks: SignalChecks, label_set: str, extra_columns: Sequence[str]) -> dict[str, Any]:
@@ -102,15 +189,11 @@ def prepare_folder(
     zeroed: ``ecg_hub.data.records``), and ``fold``/``report``/``age``/``sex`` when the CSV has them.
     """
     import datasets
-    import pandas as pd
 
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ValueError(f"folder {root!r}: field 'root' is not a folder; expected a folder of WFDB records")
-    try:
-        table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"labels CSV {os.fspath(labels_csv)!r} could not be read ({error}); expected a CSV with a header row") from error
+    table = _read_labels_csv(labels_csv)
     if id_column not in table.columns:
         raise ValueError(f"labels CSV {os.fspath(labels_csv)!r}: field {id_column!r} is missing (columns {list(table.columns)}); expected a record id column")
     use_label_column = label_columns is None and label_column in table.columns
@@ -137,8 +220,11 @@ def prepare_folder(
     tasks: list[dict[str, Any]] = []
     skipped: list[SkippedRecord] = []
     used_paths: set[str] = set()
-    for row in table.to_dict("records"):
+    first_row: dict[str, tuple[int, str]] = {}  # record path -> (data row, record id) that listed it
+    csv_name = os.fspath(labels_csv)
+    for number, row in enumerate(table.to_dict("records"), start=1):
         record_id = str(row[id_column]).strip()
+        where = f"in data row {number} of labels CSV {csv_name!r}"
         path = by_relpath.get(record_id.replace("\\", "/"))
         if path is None:
             candidates = by_stem.get(record_id, [])
@@ -149,6 +235,14 @@ def prepare_folder(
         if path is None:
             skipped.append(SkippedRecord(record_id, f"record {record_id!r}: field {id_column!r} has no WFDB header {record_id}.hea under {root}"))
             continue
+        if path in first_row:
+            earlier, earlier_id = first_row[path]
+            spelled = "" if earlier_id == record_id else f" (as {earlier_id!r} and {record_id!r})"
+            raise ValueError(
+                f"labels CSV {csv_name!r}: field {id_column!r} lists record {record_id!r} twice, in data rows "
+                f"{earlier} and {number}{spelled}; expected each record once (remove or merge the duplicate row)"
+            )
+        first_row[path] = (number, record_id)
         try:
             if use_label_column:
                 labels = sorted(class_index[n.strip()] for n in str(row[label_column]).split(separator) if n.strip())
@@ -161,11 +255,11 @@ def prepare_folder(
                     raise ValueError(f"record {record_id!r}: field 'split' is {row['split']!r}; expected train, validation or test")
                 task["split"] = _SPLIT_ALIASES[value]
             if "fold" in extra_columns:
-                task["fold"] = int(float(row["fold"])) if str(row["fold"]).strip() else None
+                task["fold"] = _parse_fold(row["fold"], record_id, where)
             if "report" in extra_columns:
                 task["report"] = str(row["report"])
             if "age" in extra_columns:
-                task["age"] = float(row["age"]) if str(row["age"]).strip() else None
+                task["age"] = _parse_age(row["age"], record_id, where)
             if "sex" in extra_columns:
                 task["sex"] = str(row["sex"]).strip() or None
         except ValueError as error:

@@ -20,8 +20,13 @@ bad leads with ``SignalChecks(drop_records_with_bad_leads=True)`` (the behaviour
 Dataset builders catch those errors, skip the record and report the reason.
 
 Formats:
-  * WFDB (``.hea`` + ``.dat``, or the PhysioNet/CinC ``.hea`` + MATLAB v4 ``.mat``) via ``wfdb``.
-  * CODE-15 style MATLAB files (``feats`` 12 x N, ``curr_sample_rate``) via ``scipy.io``.
+  * WFDB (``.hea`` + ``.dat``, or the PhysioNet/CinC ``.hea`` + MATLAB v4 ``.mat``) via ``wfdb``. The
+    sampling frequency of the record line and the units of the signal lines are parsed here too:
+    ``wfdb`` silently reads an unparseable rate (``abc``, ``-100``, ``nan``, full-width digits) as
+    250 Hz and drops non-ASCII characters (``µV`` -> ``V``). Units are case-insensitive and accept
+    the micro sign and Greek mu (``mV``, ``uV``/``µV``/``μV``, ``V``).
+  * CODE-15 style MATLAB files (``feats`` 12 x N, ``curr_sample_rate``) via ``scipy.io``: ``feats`` must
+    be real numbers (not text, cells, structs or complex values), ``curr_sample_rate`` one number.
   * SPH style HDF5 files (dataset ``ecg`` 12 x N in mV) via ``h5py``.
 """
 
@@ -30,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +51,14 @@ _WFDB_BYTES_PER_SAMPLE = {
     "212": 1.5, "310": 4.0 / 3.0, "311": 4.0 / 3.0,
 }
 
-# Physical units WFDB headers use for ECG channels, as factors to millivolts.
-_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nu": None}
+# Physical units WFDB headers use for ECG channels (after :func:`_unit_key`: NFKC, micro sign -> u,
+# lower case), as (multiplier, divisor) to millivolts; ``None`` = WFDB's "NU" (no unit), refused.
+# A divisor rather than a 1e-3 factor keeps uV values bit-identical to the same counts read as mV.
+_UNIT_TO_MV: dict[str, tuple[float, float] | None] = {"mv": (1.0, 1.0), "uv": (1.0, 1000.0), "v": (1000.0, 1.0), "nu": None}
+
+# The sampling-frequency field of a WFDB record line: FS[/COUNTER[(BASE)]], ASCII digits only (wfdb
+# itself drops non-ASCII bytes and falls back to 250 Hz on anything it cannot parse).
+_FS_FIELD = re.compile(r"(?P<fs>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:/[0-9]*\.?[0-9]*(?:\(-?[0-9]*\.?[0-9]*\))?)?", re.ASCII)
 
 
 #: Reasons a lead is masked (``masked_lead_reasons`` values), in the order they are checked.
@@ -396,7 +409,13 @@ def make_record(
     """
     checks = checks or SignalChecks()
     rate = check_sampling_rate(sampling_rate, record_id, checks)
-    signal, leads, dropped = _canonical_channels(np.asarray(signal), lead_names, record_id)
+    try:
+        signal = np.asarray(signal)
+    except (TypeError, ValueError) as error:
+        raise _fail(record_id, "signal", f"could not be read as an array ({error}); expected (channels, samples) in mV") from None
+    if signal.dtype.kind not in "iuf":  # booleans, complex numbers, strings, objects are not voltages
+        raise _fail(record_id, "signal", f"has dtype {signal.dtype}; expected real numbers in mV")
+    signal, leads, dropped = _canonical_channels(signal, lead_names, record_id)
     # Checks run on the float32 values the dataset will hold; limb leads are derived from the
     # file's own precision (float64 from wfdb) and cast once, as the stored leads are.
     bad = validate_signal(np.ascontiguousarray(signal, dtype=np.float32), rate, leads, record_id, checks)
@@ -431,22 +450,71 @@ def _header_path(record_path: str) -> str:
     return record_path if record_path.endswith(".hea") else record_path + ".hea"
 
 
-def _header_sampling_rate_token(header_file: str, record_id: str) -> str | None:
-    """The sampling-frequency token of a WFDB header's record line, or ``None`` when absent.
+@dataclass
+class _HeaderFields:
+    """What :func:`_parse_header` reads from a WFDB header itself, rather than trusting ``wfdb``."""
 
-    ``wfdb`` silently substitutes 250 Hz when the field is absent (the WFDB default), which would
-    mislabel a 500 Hz ECG; an ECG record must state its rate.
+    sampling_rate: float
+    fs_token: str
+    units: list[str | None] | None  # per signal line, as written (None: no units); None if unparsed
+
+
+def _header_lines(header_file: str) -> list[str]:
+    """The header's lines, each decoded as UTF-8 or else Latin-1 (so a micro sign survives), BOM removed."""
+    with open(header_file, "rb") as handle:
+        raw = handle.read()
+    raw = raw.removeprefix(b"\xef\xbb\xbf")
+    lines = []
+    for line in raw.splitlines():
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = line.decode("latin-1")
+        lines.extend(text.splitlines())  # str line breaks (\v, \f ...) too, as wfdb splits its text
+    return lines
+
+
+def _parse_header(header_file: str, record_id: str) -> _HeaderFields:
+    """The sampling frequency (Hz) of a WFDB header's record line and the units of its signal lines.
+
+    ``wfdb`` silently substitutes 250 Hz when the field is absent or unparseable (``abc``, ``-100``,
+    ``nan``, ``+100``, full-width digits: it drops non-ASCII bytes), which would mislabel a 500 Hz
+    ECG, and it reads ``µV`` as ``V``; so both are parsed here. An ECG record must state its rate
+    as ASCII digits (``500``, ``500.0``, ``500/1000``, ``500/1000(0)``).
     """
-    with open(header_file, encoding="latin-1") as handle:
-        for line in handle:
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            tokens = stripped.split()
-            if len(tokens) < 2:
-                raise _fail(record_id, "header", f"record line {stripped!r} has no signal count; expected 'NAME NSIG FS NSAMP'")
-            return tokens[2] if len(tokens) >= 3 else None
-    raise _fail(record_id, "header", f"{header_file} has no record line; expected 'NAME NSIG FS NSAMP'")
+    lines = [line.strip() for line in _header_lines(header_file)]
+    content = [line for line in lines if line and not line.startswith("#")]
+    if not content:
+        raise _fail(record_id, "header", f"{header_file} has no record line; expected 'NAME NSIG FS NSAMP'")
+    tokens = content[0].split()
+    if len(tokens) < 2:
+        raise _fail(record_id, "header", f"record line {content[0]!r} has no signal count; expected 'NAME NSIG FS NSAMP'")
+    if len(tokens) < 3:
+        raise _fail(record_id, "sampling_rate", f"is missing from the header record line of {header_file}; "
+                    "expected e.g. 'NAME 12 500 5000' (12 signals at 500 Hz, 5000 samples)")
+    token = tokens[2]
+    match = _FS_FIELD.fullmatch(token)
+    if match is None:
+        raise _fail(
+            record_id, "sampling_rate",
+            f"is {token!r} in the header record line of {header_file}; expected a positive number of Hz in "
+            "ASCII digits, e.g. 'NAME 12 500 5000' (12 signals at 500 Hz, 5000 samples)",
+        )
+    units: list[str | None] | None = None
+    n_sig = int(tokens[1]) if tokens[1].isascii() and tokens[1].isdigit() else None
+    if n_sig is not None and "/" not in tokens[0] and len(content) >= 1 + n_sig:  # single-segment record
+        units = []
+        for line in content[1 : 1 + n_sig]:
+            fields = line.split()
+            gain = fields[2] if len(fields) >= 3 else ""
+            units.append(gain.partition("/")[2] or None if "/" in gain else None)
+    return _HeaderFields(sampling_rate=float(match["fs"]), fs_token=token, units=units)
+
+
+def _unit_key(unit: str) -> str:
+    """``"µV"``/``"μV"`` (micro sign or Greek mu, any case, full-width) -> ``"uv"``; ``"mV"`` -> ``"mv"``."""
+    text = unicodedata.normalize("NFKC", unit).strip()  # NFKC maps the micro sign to Greek mu
+    return text.replace("\u03bc", "u").lower()
 
 
 def parse_header_comments(comments: Sequence[str]) -> dict[str, str]:
@@ -533,9 +601,8 @@ def read_wfdb_record(
     header_file = _header_path(record_path)
     if not os.path.exists(header_file):
         raise _fail(record_id, "header", f"file {header_file} does not exist; expected a WFDB .hea header")
-    if _header_sampling_rate_token(header_file, record_id) is None:
-        raise _fail(record_id, "sampling_rate", f"is missing from the header record line of {header_file}; "
-                    "expected e.g. 'NAME 12 500 5000' (12 signals at 500 Hz, 5000 samples)")
+    fields = _parse_header(header_file, record_id)
+    check_sampling_rate(fields.sampling_rate, record_id, checks)
     try:
         record = wfdb.rdrecord(record_path, physical=True)
     except Exception as error:
@@ -548,20 +615,42 @@ def read_wfdb_record(
         raise _fail(record_id, "signal", "is empty; expected samples")
     if record.sig_len is not None and record.p_signal.shape[0] != record.sig_len:
         raise _fail(record_id, "signal", f"has {record.p_signal.shape[0]} samples; expected {record.sig_len} as the header says (truncated file?)")
+    if record.fs is None or abs(float(record.fs) - fields.sampling_rate) > 1e-9 * fields.sampling_rate:
+        raise _fail(
+            record_id, "sampling_rate",
+            f"is {fields.fs_token!r} in the header record line of {header_file} but wfdb read {record.fs!r} Hz; "
+            "expected a well-formed record line 'NAME NSIG FS NSAMP'",
+        )
     signal = record.p_signal.T  # wfdb gives (samples, channels)
-    units = record.units or ["mV"] * record.n_sig
-    scales = []
+    wfdb_units = list(record.units or ["mV"] * record.n_sig)
+    units = wfdb_units
+    if fields.units is not None and len(fields.units) == len(wfdb_units):
+        units = []
+        for lead, mine, theirs in zip(record.sig_name, fields.units, wfdb_units):
+            # wfdb drops non-ASCII characters ("µV" -> "V"); anything else means the two parsers
+            # read different lines, and neither can be trusted.
+            if ("".join(c for c in (mine or "") if c.isascii()) or "mV") != (theirs or "mV"):
+                raise _fail(
+                    record_id, "units",
+                    f"of channel {lead} is {mine!r} in the header but {theirs!r} through wfdb; expected a "
+                    "signal line 'FILE FMT GAIN(BASELINE)/UNITS ...' with units mV, uV or V",
+                )
+            units.append(mine)
+    conversions = []
     for lead, unit in zip(record.sig_name, units):
-        factor = _UNIT_TO_MV.get((unit or "mV").strip().lower(), "unknown")
-        if factor == "unknown" or factor is None:
-            raise _fail(record_id, "units", f"of channel {lead} is {unit!r}; expected mV, uV or V")
-        scales.append(factor)
-    scales_array = np.asarray(scales, dtype=np.float64)[:, None]
-    if not np.all(scales_array == 1.0):
-        signal = signal * scales_array
+        conversion = _UNIT_TO_MV.get(_unit_key(unit or "mV"), "unknown")
+        if conversion == "unknown" or conversion is None:
+            raise _fail(record_id, "units", f"of channel {lead} is {unit!r}; expected mV, uV (µV) or V")
+        conversions.append(conversion)
+    if any(conversion != (1.0, 1.0) for conversion in conversions):
+        signal = np.array(signal, dtype=np.float64)
+        for conversion in set(conversions) - {(1.0, 1.0)}:
+            rows = [i for i, c in enumerate(conversions) if c == conversion]
+            multiplier, divisor = conversion
+            signal[rows] = signal[rows] * multiplier / divisor
     metadata: dict[str, Any] = parse_header_comments(record.comments or [])
     metadata["comments"] = list(record.comments or [])
-    return make_record(signal, record.fs, record.sig_name, record_id, metadata, checks)
+    return make_record(signal, fields.sampling_rate, record.sig_name, record_id, metadata, checks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,9 +677,29 @@ def read_code15_mat(
         raise _fail(record_id, "file", f"{path} could not be read as a MATLAB file ({error})") from error
     if "feats" not in content:
         raise _fail(record_id, "feats", f"is missing from {path}; expected a (leads, samples) array in mV")
-    feats = np.asarray(content["feats"])
+    feats = content["feats"]
+    if not isinstance(feats, np.ndarray) or feats.dtype.kind not in "iuf":
+        kind = {"U": "text", "S": "text", "O": "a cell array", "V": "a struct", "c": "complex numbers", "b": "booleans"}
+        dtype = getattr(feats, "dtype", None)
+        what = kind.get(getattr(dtype, "kind", ""), f"a {type(feats).__name__}")
+        raise _fail(
+            record_id, "feats",
+            f"in {path} holds {what} (dtype {dtype}); expected a real-valued (leads, samples) array in mV",
+        )
     rate = content.get("curr_sample_rate")
-    rate = None if rate is None else np.asarray(rate).reshape(-1)[0]
+    if rate is not None:
+        values = np.asarray(rate)
+        if values.size != 1:
+            raise _fail(
+                record_id, "sampling_rate",
+                f"(curr_sample_rate in {path}) has {values.size} values (shape {values.shape}); "
+                "expected one number in Hz (e.g. 400)",
+            )
+        rate = values.reshape(-1)[0]
+        if isinstance(rate, np.ndarray):  # a cell holding an array
+            rate = rate.reshape(-1)[0] if rate.size == 1 else rate
+        if isinstance(rate, (bool, np.bool_, complex, np.complexfloating)):
+            raise _fail(record_id, "sampling_rate", f"(curr_sample_rate in {path}) is {rate!r}; expected a real number in Hz")
     if feats.ndim == 2 and feats.shape[0] != len(lead_names) and feats.shape[1] == len(lead_names):
         feats = feats.T
     if feats.ndim == 2 and feats.shape[1] and np.isfinite(feats).all():
