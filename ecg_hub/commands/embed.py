@@ -113,18 +113,11 @@ def report(name: str, result, what: str) -> None:
 
 
 def end_process_group(success: bool) -> None:
-    """Under ``accelerate launch``: after a run, end the process group as ``ecg-hub finetune``
-    does (barrier, collection, destroy); after an error, destroy it without waiting for the
-    others (they fail alike, or the launcher stops them)."""
-    if success:
-        from ecg_hub.commands.finetune import _release_process_group
+    """Under ``accelerate launch``: end the process group (waiting for the others after a run,
+    at once after an error); see :func:`ecg_hub.training.distributed.release_process_group`."""
+    from ecg_hub.training.distributed import release_process_group
 
-        _release_process_group()
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    release_process_group(wait=success)
 
 
 def run(args: argparse.Namespace) -> int:

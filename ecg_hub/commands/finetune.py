@@ -57,20 +57,8 @@ def run(args: argparse.Namespace) -> int:
         f"best checkpoint: {result.best_checkpoint} (validation macro AUROC {result.val_metrics['macro_auroc']:.4f}); "
         f"saved to {Path(recipe.output_dir) / 'best'}; results: {results}  ({time.perf_counter() - start:.0f} s)"
     )
-    del result  # the Trainer and its DDP wrapper, before the process group goes (see below)
-    _release_process_group()
+    del result  # the Trainer and its DDP wrapper, freed before the process group goes
+    from ecg_hub.training.distributed import release_process_group
+
+    release_process_group()
     return 0
-
-
-def _release_process_group() -> None:
-    """Under ``accelerate launch``, end the process group in the order that cannot hang at exit:
-    a barrier, the DDP wrapper (dropped by the caller) collected while the group still exists,
-    then ``destroy_process_group`` (the pretraining loop's ``_tear_down`` has the whole story)."""
-    import gc
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        gc.collect()
-        dist.destroy_process_group()
