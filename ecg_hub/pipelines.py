@@ -305,11 +305,14 @@ class ZeroShotEcgClassificationPipeline(Pipeline):
         if class_embeddings is None:
             raise ValueError(f"{ZERO_SHOT_TASK}: call the pipeline with candidate_labels=[...]")
         cosine, scale = ecg_text_cosine(self.model, model_inputs, class_embeddings)
-        return {"cosine": cosine[0], "logit_scale": scale}
+        # Every output keeps the batch dimension (the scale too, as a (B,) tensor): with batch_size > 1
+        # transformers collates records into one forward and slices each output along dim 0 again.
+        return {"cosine": cosine, "logit_scale": torch.full((cosine.shape[0],), float(scale))}
 
     def postprocess(self, model_outputs, candidate_labels=None, function_to_apply="softmax", top_k=None):
-        cosine = model_outputs["cosine"][None]
-        scores = apply_score_function(cosine, model_outputs["logit_scale"], function_to_apply)[0]
+        cosine = model_outputs["cosine"][:1]
+        scale = float(model_outputs["logit_scale"].reshape(-1)[0])
+        scores = apply_score_function(cosine, scale, function_to_apply)[0]
         ranked = sorted(zip(scores.tolist(), candidate_labels), key=lambda pair: -pair[0])
         if top_k is not None:
             ranked = ranked[:top_k]
@@ -423,10 +426,11 @@ class EcgFeatureExtractionPipeline(Pipeline):
         return ecg_encoder(self.model)
 
     def _forward(self, model_inputs, embedding=None, normalize=None):
-        return {"embedding": ecg_embeddings(self.model, model_inputs, embedding, normalize)[0]}
+        # (B, dim): the batch dimension stays, so batch_size > 1 unbatches into one row per record.
+        return {"embedding": ecg_embeddings(self.model, model_inputs, embedding, normalize)}
 
     def postprocess(self, model_outputs, return_tensors=False):
-        vector = model_outputs["embedding"].float()
+        vector = model_outputs["embedding"][0].float()
         return vector if return_tensors else vector.tolist()
 
 
