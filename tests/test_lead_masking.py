@@ -252,3 +252,24 @@ def test_old_summaries_still_load(tmp_path):
               "skipped": [{"record_id": "x", "reason": "record 'x': field 'signal' has flat lead V1"}]}
     summary = PrepareSummary.from_dict(legacy)
     assert summary.num_with_masked_leads == 0 and summary.masked == [] and "skipped 1 records" in summary.format()
+
+
+def test_pretraining_reads_datasets_prepared_before_masked_leads_existed(tmp_path):
+    """`data.columns: [..., masked_leads]` (the PTB-XL-subset recipes) also reads an older dataset
+    without that column; a missing column it needs is still an error."""
+    from ecg_hub.recipe import load_recipe
+    from ecg_hub.training.pretrain import PretrainRecipe, _load_dataset
+
+    old = datasets.Dataset.from_dict(
+        {"signal": [np.zeros((2, 100), np.float32)], "sampling_rate": [100], "leads": [["I", "II"]], "split": ["train"]}
+    )
+    old.save_to_disk(str(tmp_path / "old"))
+    dataset_node = f"dataset={{_component_: datasets.load_from_disk, dataset_path: {tmp_path / 'old'}}}"
+    recipe = load_recipe(
+        "ecg_jepa/pretrain_tiny", [dataset_node, "data.columns=[signal, sampling_rate, leads, masked_leads]"],
+        schema=PretrainRecipe,
+    )
+    assert _load_dataset(recipe).column_names == ["signal", "sampling_rate", "leads"]
+    recipe = load_recipe("ecg_jepa/pretrain_tiny", [dataset_node, "data.columns=[signal, record_id]"], schema=PretrainRecipe)
+    with pytest.raises(ValueError, match="record_id"):
+        _load_dataset(recipe)

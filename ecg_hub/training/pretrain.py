@@ -135,7 +135,8 @@ class DataSettings:
         split: rows whose ``split`` column has this value (or this key of a ``DatasetDict``);
             ``null`` uses every row.
         columns: read only these columns (``null``: all); ``signal``, ``sampling_rate`` and
-            ``leads`` are what ``EcgCollator`` needs.
+            ``leads`` are what ``EcgCollator`` needs, ``masked_leads`` the leads it must treat as
+            missing (left out without a word where a dataset prepared by an older ecg-hub lacks it).
         batch_size: ECGs per micro-batch and process.
         shuffle: a new permutation every epoch (``(seed, epoch)``-determined).
         streaming: iterate the dataset as an ``IterableDataset`` (``to_iterable_dataset``) in
@@ -353,7 +354,12 @@ def _load_dataset(recipe: PretrainRecipe, dataset: Any = None, split: str | None
     elif isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         raise ValueError(f"dataset: a DatasetDict with splits {list(dataset)}; set data.split to one of them")
     if recipe.data.columns is not None:
-        dataset = dataset.select_columns(list(recipe.data.columns))
+        columns = list(recipe.data.columns)
+        available = getattr(dataset, "column_names", None)
+        if available is not None and "masked_leads" in columns and "masked_leads" not in available:
+            # Datasets prepared before ecg-hub recorded masked leads have none to honour.
+            columns.remove("masked_leads")
+        dataset = dataset.select_columns(columns)
     if isinstance(dataset, datasets.Dataset):
         if len(dataset) == 0:
             raise ValueError(f"dataset: no rows in split {split!r}")
