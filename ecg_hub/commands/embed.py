@@ -112,52 +112,66 @@ def report(name: str, result, what: str) -> None:
             print(f"  ... and {result.num_skipped - SHOW_SKIPPED} more", file=sys.stderr)
 
 
-def end_process_group(success: bool) -> None:
-    """Under ``accelerate launch``: end the process group (waiting for the others after a run,
-    at once after an error); see :func:`ecg_hub.training.distributed.release_process_group`."""
-    from ecg_hub.training.distributed import release_process_group
-
-    release_process_group(wait=success)
-
-
-def run(args: argparse.Namespace) -> int:
+def run_batch_command(name: str, compute, what) -> int:
+    """Run ``compute()`` (an ``embed_records`` / ``predict_records`` call) for command ``name``:
+    skipped-record log lines above the progress bar, an error as ``name: message`` with exit code 2,
+    :func:`report` of the result (``what(result)`` names what was written), and the process group
+    ended (waiting for the others after a run, at once after an error; see
+    :func:`ecg_hub.training.distributed.release_process_group`)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ecg_hub.batch_inference import embed_records
+    from ecg_hub.training.distributed import release_process_group
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         with logging_redirect_tqdm():  # skipped-record lines above the progress bar, not through it
-            result = embed_records(
-                args.model,
-                dataset=args.dataset,
-                folder=args.folder,
-                out=args.out,
-                embedding=args.embedding,
-                normalize=args.normalize,
-                split=args.split,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-                dtype=args.dtype,
-                progress=not args.no_progress,
-                overwrite=args.overwrite,
-                max_batches=args.max_batches,
-            )
+            result = compute()
     except (ValueError, OSError) as error:
-        print(f"ecg-hub embed: {error}", file=sys.stderr)
-        end_process_group(success=False)
+        print(f"{name}: {error}", file=sys.stderr)
+        release_process_group(wait=False)
         return 2
-    report("ecg-hub embed", result, f"embeddings (dim {result.metadata.get('dim')})")
-    end_process_group(success=True)
+    report(name, result, what(result))
+    release_process_group(wait=True)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ecg_hub.commands.embed ...``: the command without the ``ecg-hub`` program."""
+def standalone_main(command: str, argv: list[str] | None = None) -> int:
+    """``python -m ecg_hub.commands.<command> ...``: the command without the ``ecg-hub`` program."""
+    import importlib
+
     parser = argparse.ArgumentParser(prog="ecg-hub")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["embed", *(sys.argv[1:] if argv is None else argv)])
+    importlib.import_module(f"ecg_hub.commands.{command}").register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args) or 0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ecg_hub.batch_inference import embed_records
+
+    return run_batch_command(
+        "ecg-hub embed",
+        lambda: embed_records(
+            args.model,
+            dataset=args.dataset,
+            folder=args.folder,
+            out=args.out,
+            embedding=args.embedding,
+            normalize=args.normalize,
+            split=args.split,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            max_batches=args.max_batches,
+        ),
+        lambda result: f"embeddings (dim {result.metadata.get('dim')})",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ecg_hub.commands.embed ...``."""
+    return standalone_main("embed", argv)
 
 
 if __name__ == "__main__":

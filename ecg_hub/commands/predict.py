@@ -23,11 +23,10 @@ Resumable (``OUT.partial/``) and multi-process (``accelerate launch``) as ``ecg-
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from ecg_hub.commands.embed import add_input_arguments, end_process_group, report
+from ecg_hub.commands.embed import add_input_arguments, run_batch_command, standalone_main
 
 
 def _labels(text: str) -> list[str]:
@@ -74,46 +73,35 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from ecg_hub.batch_inference import predict_records
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        with logging_redirect_tqdm():  # skipped-record lines above the progress bar, not through it
-            result = predict_records(
-                args.model,
-                dataset=args.dataset,
-                folder=args.folder,
-                out=args.out,
-                labels=args.labels,
-                prompts=args.prompts,
-                prompt_templates=args.prompt_template,
-                function_to_apply=args.scoring,
-                threshold=args.threshold,
-                split=args.split,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-                dtype=args.dtype,
-                progress=not args.no_progress,
-                overwrite=args.overwrite,
-                max_batches=args.max_batches,
-            )
-    except (ValueError, OSError) as error:
-        print(f"ecg-hub predict: {error}", file=sys.stderr)
-        end_process_group(success=False)
-        return 2
-    report("ecg-hub predict", result, "predictions")
-    end_process_group(success=True)
-    return 0
+    return run_batch_command(
+        "ecg-hub predict",
+        lambda: predict_records(
+            args.model,
+            dataset=args.dataset,
+            folder=args.folder,
+            out=args.out,
+            labels=args.labels,
+            prompts=args.prompts,
+            prompt_templates=args.prompt_template,
+            function_to_apply=args.scoring,
+            threshold=args.threshold,
+            split=args.split,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            max_batches=args.max_batches,
+        ),
+        lambda result: "predictions",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ecg_hub.commands.predict ...``: the command without the ``ecg-hub`` program."""
-    parser = argparse.ArgumentParser(prog="ecg-hub")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["predict", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
+    """``python -m ecg_hub.commands.predict ...``."""
+    return standalone_main("predict", argv)
 
 
 if __name__ == "__main__":
