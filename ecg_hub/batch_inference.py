@@ -82,13 +82,12 @@ import torch
 from ecg_hub.data.builder import record_columns
 from ecg_hub.data.collators import COLLATOR_COLUMNS, EcgCollator
 from ecg_hub.data.records import read_wfdb_record
-from ecg_hub.inference import INFERENCE_DTYPES, inference_autocast, resolve_inference_dtype
+from ecg_hub.inference import inference_autocast, resolve_inference_dtype
 from ecg_hub.utils import accepted_kwargs, explain_disk_errors, write_json_atomic
 from ecg_hub.version import __version__
 
 __all__ = [
     "CHUNK_RECORDS",
-    "DTYPES",
     "FORMAT_VERSION",
     "ROW_GROUP_RECORDS",
     "BatchInferenceResult",
@@ -102,8 +101,6 @@ logger = logging.getLogger(__name__)
 
 #: Version of the output layout (columns and metadata), recorded in the metadata.
 FORMAT_VERSION = 1
-#: ``dtype`` choices.
-DTYPES = INFERENCE_DTYPES
 #: Records per chunk in ``<out>.partial/``: what a killed run loses at most (per process).
 CHUNK_RECORDS = 1024
 #: Rows per Parquet row group of the final embeddings file (independent of chunks and processes,

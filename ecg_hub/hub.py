@@ -705,13 +705,9 @@ def _run_summary(model_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _recipe_corpus_summary(recipe_text: str | None) -> dict[str, Any] | None:
+def _recipe_corpus_summary(recipe: Mapping[str, Any]) -> dict[str, Any] | None:
     """The ``ecg-hub text prepare`` summary of the corpus folder the recipe's dataset reads."""
-    if recipe_text is None:
-        return None
-    import yaml
-
-    dataset = (yaml.safe_load(recipe_text) or {}).get("dataset") or {}
+    dataset = recipe.get("dataset") or {}
     path = dataset.get("path") if isinstance(dataset, Mapping) else None
     summary_path = Path(str(path)) / "ecg_hub_text_summary.json" if path else None
     if summary_path is None or not summary_path.is_file():
@@ -719,13 +715,9 @@ def _recipe_corpus_summary(recipe_text: str | None) -> dict[str, Any] | None:
     return json.loads(summary_path.read_text(encoding="utf-8"))
 
 
-def _recipe_base_model(recipe_text: str | None) -> str | None:
+def _recipe_base_model(recipe: Mapping[str, Any]) -> str | None:
     """The Hub id the recipe's model started from (``pretrained_model_name_or_path`` as a string)."""
-    if recipe_text is None:
-        return None
-    import yaml
-
-    model = (yaml.safe_load(recipe_text) or {}).get("model") or {}
+    model = recipe.get("model") or {}
     start = model.get("pretrained_model_name_or_path") if isinstance(model, Mapping) else None
     return start if isinstance(start, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", start) else None
 
@@ -801,9 +793,12 @@ def _export_text_checkpoint(
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    import yaml
+
     recipe_text = _copy_recipe(model_dir, output_dir, recipe)
+    recipe_data = (yaml.safe_load(recipe_text) or {}) if recipe_text is not None else {}
     family = text_family()
-    base_model = base_model or _recipe_base_model(recipe_text)
+    base_model = base_model or _recipe_base_model(recipe_data)
     card_data = ModelCardData(
         license=license,
         library_name="transformers",
@@ -824,7 +819,7 @@ def _export_text_checkpoint(
         mask_token=tokenizer.mask_token,
         architecture_section=_architecture_markdown(model),
         held_out_section=_held_out_markdown(_run_summary(model_dir)),
-        corpus_section=_corpus_markdown(_recipe_corpus_summary(recipe_text)),
+        corpus_section=_corpus_markdown(_recipe_corpus_summary(recipe_data)),
         training_section=_training_markdown(recipe_text),
         license_id=license,
     )

@@ -65,15 +65,23 @@ def _truthy(value: Any, record_id: str, column: str) -> bool:
     raise ValueError(f"record {record_id!r}: field {column!r} is {value!r}; expected 0/1 or true/false")
 
 
-def _parse_fold(value: Any, record_id: str, where: str) -> int | None:
-    """A fold cell as an int32 (``""`` -> ``None``), or a ``ValueError`` naming record, field and row."""
+def _number_cell(value: Any) -> float | None:
+    """A numeric CSV cell as a float (``""`` -> ``None``; text that is not a number -> NaN, which
+    the callers' finiteness checks refuse with their own message)."""
     text = str(value).strip()
     if not text:
         return None
     try:
-        number = float(text)
+        return float(text)
     except ValueError:
-        number = math.nan
+        return math.nan
+
+
+def _parse_fold(value: Any, record_id: str, where: str) -> int | None:
+    """A fold cell as an int32 (``""`` -> ``None``), or a ``ValueError`` naming record, field and row."""
+    number = _number_cell(value)
+    if number is None:
+        return None
     if not math.isfinite(number) or number != int(number) or not -(2**31) <= number < 2**31:
         raise ValueError(
             f"record {record_id!r}: field 'fold' is {value!r} {where}; expected an integer between "
@@ -84,13 +92,9 @@ def _parse_fold(value: Any, record_id: str, where: str) -> int | None:
 
 def _parse_age(value: Any, record_id: str, where: str) -> float | None:
     """An age cell in years (``""`` -> ``None``), or a ``ValueError`` naming record, field and row."""
-    text = str(value).strip()
-    if not text:
+    number = _number_cell(value)
+    if number is None:
         return None
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
     if not math.isfinite(number) or not 0 <= number <= 3.0e38:  # stored as float32
         raise ValueError(
             f"record {record_id!r}: field 'age' is {value!r} {where}; expected a finite number of years >= 0 "

@@ -13,7 +13,6 @@ recipe's random BERT uses it); real recipes use the starting model's own tokeniz
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +22,7 @@ __all__ = ["MaskedTextCollator", "train_corpus_tokenizer"]
 def _finite_model_max_length(tokenizer: Any) -> int | None:
     """``tokenizer.model_max_length`` unless it is transformers' "no limit" sentinel (1e30)."""
     value = getattr(tokenizer, "model_max_length", None)
-    return int(value) if value is not None and value < 1e9 and math.isfinite(value) else None
+    return int(value) if value is not None and value < 1e9 else None
 
 
 class MaskedTextCollator:

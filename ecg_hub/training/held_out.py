@@ -99,7 +99,6 @@ class HeldOutEvaluator:
             shuffle=False,
             num_workers=0,  # in this process, so the forked generator covers the collator too
         )
-        self.num_rows = len(dataset)
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:

@@ -337,14 +337,15 @@ def _make_accelerator(recipe: PretrainRecipe):
     return accelerator
 
 
-def _load_dataset(recipe: PretrainRecipe, dataset: Any = None, split: str | None = None, held_out: bool = False):
-    """The recipe's dataset (``dataset``: the one already built), restricted to ``split`` (default
-    ``data.split``) and ``data.columns``, with signals read as NumPy arrays; an ``IterableDataset``
-    when ``data.streaming`` is set (never for the ``held_out`` split)."""
+def _load_dataset(recipe: PretrainRecipe, dataset: Any = None, held_out_split: str | None = None):
+    """The recipe's dataset (``dataset``: the one already built), restricted to ``data.split`` (or,
+    for the held-out evaluation, ``held_out_split``) and ``data.columns``, with signals read as
+    NumPy arrays; an ``IterableDataset`` when ``data.streaming`` is set (never held out)."""
     import datasets
 
     dataset = instantiate(recipe.dataset) if dataset is None else dataset
-    split = split if held_out else recipe.data.split
+    held_out = held_out_split is not None
+    split = held_out_split if held_out else recipe.data.split
     key = "evaluation.split" if held_out else "data.split"
     if split is not None:
         try:
@@ -786,7 +787,7 @@ def _set_up(recipe: PretrainRecipe) -> _Run:
     if recipe.evaluation.split is not None:
         evaluator = HeldOutEvaluator(
             recipe.evaluation,
-            _load_dataset(recipe, full_dataset, recipe.evaluation.split, held_out=True),
+            _load_dataset(recipe, full_dataset, held_out_split=recipe.evaluation.split),
             collator,
             data.batch_size,
             accelerator,
@@ -1077,7 +1078,7 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         Console().print(render_summary(summary))
         if stopped_early:
             accelerator.print(f"stopped after step {progress.step} of {run.total_steps}; continue with --resume")
-    batch = loss = losses = None  # noqa: F841  (their autograd graphs reference the DDP wrapper)
+    batch = loss = losses = None
     _tear_down(run)
     return PretrainResult(summary=summary, model=run.unwrapped, feature_extractor=run.feature_extractor)
 
