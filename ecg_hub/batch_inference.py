@@ -71,6 +71,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -83,6 +84,7 @@ from ecg_hub.data.builder import record_columns
 from ecg_hub.data.collators import COLLATOR_COLUMNS, EcgCollator
 from ecg_hub.data.records import read_wfdb_record
 from ecg_hub.inference import inference_autocast, resolve_inference_dtype
+from ecg_hub.modeling.feature_extraction_ecg import EcgInputReducedWarning
 from ecg_hub.utils import accepted_kwargs, explain_disk_errors, write_json_atomic
 from ecg_hub.version import __version__
 
@@ -366,9 +368,25 @@ class _BatchCollator:
     the good records are collated together, as :class:`EcgCollator` would."""
 
     def __init__(self, feature_extractor):
-        self.collator = EcgCollator(feature_extractor, training=False)
+        self.collator = EcgCollator(feature_extractor, training=False, warn_on_reduction=True)
+        self._warned: set[str] = set()
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        # The extractor warns per batch when it crops records or zero-fills most leads; a run says
+        # it once per kind (per process), with the first batch's example, not once per batch.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EcgInputReducedWarning)
+            collated = self._collate(items)
+        for item in caught:
+            kind = getattr(item.message, "kind", None)
+            if kind is None:
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+            elif kind not in self._warned:
+                self._warned.add(kind)
+                warnings.warn(f"{item.message} (said once per run)", EcgInputReducedWarning, stacklevel=2)
+        return collated
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         failed = {item["position"]: item["error"] for item in items if "error" in item}
         good = [item for item in items if "row" in item]
         inputs = None
@@ -988,7 +1006,9 @@ def _format_score(value: float) -> str:
     return str(np.float32(value))  # the shortest text that reads back as the same float32
 
 
-def _csv_writer(class_names: list[str], threshold: float):
+def _csv_writer(class_names: list[str], thresholds: list[float]):
+    """``thresholds``: one per class, in ``class_names`` order."""
+
     def write(tmp: Path, chunk_paths: list[Path], metadata: dict[str, Any]) -> int:
         import csv
 
@@ -1015,7 +1035,7 @@ def _csv_writer(class_names: list[str], threshold: float):
                     .reshape(len(ids), len(class_names))
                 )
                 for record_id, index, row in zip(ids, indices, scores):
-                    labels = [c for c, s in zip(class_names, row) if s >= threshold]
+                    labels = [c for c, s, t in zip(class_names, row, thresholds) if s >= t]
                     writer.writerow(
                         [
                             record_id,
@@ -1043,7 +1063,7 @@ def predict_records(
     prompts: str | os.PathLike | Mapping[str, str | Sequence[str]] | None = None,
     prompt_templates: Sequence[str] | None = None,
     function_to_apply: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     split: str | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -1081,11 +1101,13 @@ def predict_records(
             (:data:`ecg_hub.pipelines.DEFAULT_PROMPT_TEMPLATES`).
         function_to_apply: zero-shot scoring (see above); not for classifiers (their
             ``problem_type`` decides).
-        threshold: a class is in ``predicted_labels`` when its score is ``>= threshold``.
+        threshold: a class is in ``predicted_labels`` when its score is ``>= threshold``. Default: a
+            classifier's per-class thresholds that fine-tuning tuned on validation
+            (``config.classification_thresholds``), else 0.5.
         processor: zero-shot: the model's processor (feature extractor + tokenizer); default the
             one saved with the model.
     """
-    if not math.isfinite(threshold):
+    if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold: expected a finite number, got {threshold!r}")
     if labels is not None:
         task = _zero_shot_task(
@@ -1125,8 +1147,9 @@ def predict_records(
     )
 
 
-def _classifier_task(model_or_path, threshold: float, feature_extractor) -> _Task:
+def _classifier_task(model_or_path, threshold: float | None, feature_extractor) -> _Task:
     from ecg_hub.evaluation.metrics import scores_from_logits
+    from ecg_hub.pipelines import classifier_labels, classifier_thresholds
 
     if isinstance(model_or_path, (str, os.PathLike)):
         from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -1145,19 +1168,11 @@ def _classifier_task(model_or_path, threshold: float, feature_extractor) -> _Tas
             raise ValueError(
                 f"{type(model).__name__} is not a ...ForSequenceClassification; pass labels= for zero-shot"
             )
-    problem_type = model.config.problem_type
-    if problem_type not in ("multi_label_classification", "single_label_classification"):
-        raise ValueError(
-            f"model {_model_name(model, model_or_path)!r}: config.problem_type is {problem_type!r}; expected "
-            "'multi_label_classification' (sigmoid) or 'single_label_classification' (softmax)"
-        )
-    id2label = {int(k): v for k, v in (model.config.id2label or {}).items()}
-    if sorted(id2label) != list(range(model.config.num_labels)):
-        raise ValueError(
-            f"model {_model_name(model, model_or_path)!r}: config.id2label has ids {sorted(id2label)}; "
-            f"expected 0..{model.config.num_labels - 1}"
-        )
-    class_names = [str(id2label[i]) for i in range(model.config.num_labels)]
+    problem_type, class_names = classifier_labels(model, _model_name(model, model_or_path))
+    if threshold is None:
+        thresholds = classifier_thresholds(model, class_names)
+    else:
+        thresholds = [float(threshold)] * len(class_names)
 
     def step(inputs):
         return scores_from_logits(model(**accepted_kwargs(model.forward, inputs)).logits, problem_type)
@@ -1172,9 +1187,13 @@ def _classifier_task(model_or_path, threshold: float, feature_extractor) -> _Tas
             "class_names": class_names,
             "problem_type": problem_type,
             "scoring": "sigmoid" if problem_type == "multi_label_classification" else "softmax",
-            "threshold": float(threshold),
+            "thresholds": dict(zip(class_names, thresholds)),
+            "thresholds_from": "argument" if threshold is not None else (
+                "config.classification_thresholds" if getattr(model.config, "classification_thresholds", None)
+                else "default 0.5"
+            ),
         },
-        write_output=_csv_writer(class_names, float(threshold)),
+        write_output=_csv_writer(class_names, thresholds),
     )
 
 
@@ -1237,6 +1256,7 @@ def _zero_shot_task(
     class_prompts = build_class_prompts(labels, descriptions, prompt_templates)
     model.eval()
     class_embeddings = class_text_embeddings(model, processor, class_prompts)
+    zero_shot_threshold = 0.5 if threshold is None else float(threshold)
 
     def step(inputs):
         cosine, scale = ecg_text_cosine(model, inputs, class_embeddings.to(inputs["input_values"].device))
@@ -1251,9 +1271,10 @@ def _zero_shot_task(
             "mode": "zero-shot",
             "class_names": labels,
             "scoring": function_to_apply,
-            "threshold": float(threshold),
+            "thresholds": dict.fromkeys(labels, zero_shot_threshold),
+            "thresholds_from": "argument" if threshold is not None else "default 0.5",
             "prompts_file": prompts_source,
             "class_prompts": dict(zip(labels, class_prompts)),
         },
-        write_output=_csv_writer(labels, float(threshold)),
+        write_output=_csv_writer(labels, [zero_shot_threshold] * len(labels)),
     )

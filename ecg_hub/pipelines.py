@@ -18,15 +18,20 @@ a ``(batch, leads, samples)`` array, or a ``datasets.Dataset`` (one result per r
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, Pipeline
+from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.base import ChunkPipeline
 
+from ecg_hub.modeling.feature_extraction_ecg import EcgInputReducedWarning
 from ecg_hub.prompt_ensemble import encode_class_prompts, pooled_embedding
 from ecg_hub.utils import accepted_kwargs
 
@@ -70,15 +75,73 @@ def _split_batch_input(ecg: Any) -> Any:
     return ecg
 
 
-def _ecg_inputs(feature_extractor, ecg: Any, sampling_rate, leads, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One record through the model's feature extractor -> ``input_values`` (1, L, T) + masks."""
+def read_record_input(ecg: Any) -> Any:
+    """A record path (``str`` / ``os.PathLike``) -> a dataset row read from the file; other inputs as
+    they are. Paths: a WFDB record (the ``.hea`` stem, or the ``.hea`` / ``.dat`` file), a PhysioNet
+    ``.mat`` with its ``.hea`` (CinC), a CODE-15 style ``.mat``; see
+    :func:`ecg_hub.data.records.read_record`. The row carries the file's rate, leads and masked leads."""
+    if not isinstance(ecg, (str, os.PathLike)):
+        return ecg
+    from ecg_hub.data.records import read_record
+
+    record = read_record(ecg)
+    return {
+        "signal": record.signal,
+        "sampling_rate": record.sampling_rate,
+        "leads": record.leads,
+        "record_id": record.record_id,
+        "masked_leads": record.masked_leads,
+    }
+
+
+#: How the windows of one record (``window_stride=``) become its result: ``"mean"`` of the
+#: per-window probabilities / scores / embeddings, or ``"max"`` (detection: a finding seen in any
+#: window counts).
+WINDOW_AGGREGATES = ("mean", "max")
+
+
+def aggregate_windows(values: torch.Tensor, aggregate: str) -> torch.Tensor:
+    """``(windows, ...)`` -> ``(...)`` by ``aggregate`` (:data:`WINDOW_AGGREGATES`)."""
+    if aggregate == "mean":
+        return values.mean(dim=0)
+    if aggregate == "max":
+        return values.amax(dim=0)
+    raise ValueError(f"aggregate must be one of {WINDOW_AGGREGATES}, got {aggregate!r}")
+
+
+class _Numbered:
+    """One input of a pipeline call with its position (for warnings and errors)."""
+
+    __slots__ = ("item", "number")
+
+    def __init__(self, number: int, item: Any):
+        self.number, self.item = number, item
+
+
+def _is_single_record(inputs: Any) -> bool:
+    """Whether ``inputs`` is one record (an array, a row, a path) rather than a stream of records."""
+    return isinstance(inputs, (np.ndarray, torch.Tensor, Mapping, str, os.PathLike))
+
+
+def _ecg_windows(feature_extractor, ecg: Any, sampling_rate, leads, dtype: torch.dtype, window_stride, record_id=None):
+    """One record (array, row or path) -> its windows, each the model's inputs ``(1, L, T)`` + masks
+    + ``is_last``. Without ``window_stride`` one window, cropped by the extractor's policy.
+    ``record_id`` names a record that carries no id of its own."""
     if feature_extractor is None:
         raise ValueError("this pipeline needs the model's EcgFeatureExtractor (save it with the checkpoint)")
-    features = feature_extractor(ecg, sampling_rate=sampling_rate, leads=leads, return_tensors="pt")
-    inputs = {"input_values": features["input_values"].to(dtype), "lead_mask": features["lead_mask"]}
-    if "attention_mask" in features:
-        inputs["attention_mask"] = features["attention_mask"]
-    return inputs
+    ecg = read_record_input(ecg)
+    named = isinstance(ecg, Mapping) and ecg.get("record_id") is not None
+    features = feature_extractor(
+        ecg, sampling_rate=sampling_rate, leads=leads, return_tensors="pt", window_stride=window_stride,
+        record_ids=None if named or record_id is None else [record_id],
+    )
+    num_windows = features["input_values"].shape[0]
+    for i in range(num_windows):
+        window = {"input_values": features["input_values"][i : i + 1].to(dtype), "lead_mask": features["lead_mask"][i : i + 1]}
+        if "attention_mask" in features:
+            window["attention_mask"] = features["attention_mask"][i : i + 1]
+        window["is_last"] = i == num_windows - 1
+        yield window
 
 
 def _embed(method, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -192,19 +255,152 @@ def apply_score_function(
 
 
 # --------------------------------------------------------------------------------------------------
+# The shared pipeline base: inputs, windows, precision, warnings
+# --------------------------------------------------------------------------------------------------
+
+
+class EcgPipeline(ChunkPipeline):
+    """What every ECG pipeline shares. Call arguments read by all of them:
+
+    - ``ecg``: see the module docstring; a ``str`` / ``os.PathLike`` is a record file (WFDB ``.hea``
+      stem, PhysioNet ``.mat``) read with its own rate and leads.
+    - ``sampling_rate``, ``leads``: the recording's rate (Hz) and lead names, unless rows carry them.
+    - ``window_stride``: samples (at the model's rate) between sliding windows of the model's length:
+      a record longer than the model's window is scored window by window and the windows
+      aggregated (``aggregate``), instead of being cropped to its first window (which warns).
+      E.g. ``window_stride=2500`` at 250 Hz: consecutive 10 s windows.
+    - ``aggregate``: ``"mean"`` (default) or ``"max"`` over a record's windows (:data:`WINDOW_AGGREGATES`).
+    - ``inference_dtype``: ``"auto"`` (default: bfloat16 autocast where the hardware computes it
+      natively, else float32; :func:`ecg_hub.inference.resolve_inference_dtype`), ``"float32"`` or
+      ``"bfloat16"``.
+
+    A call that crops records or zero-fills most of the model's leads warns once
+    (:class:`~ecg_hub.modeling.feature_extraction_ecg.EcgInputReducedWarning`), naming how many
+    records and which.
+
+    Built on ``ChunkPipeline``: each window is one model input, so ``batch_size`` batches windows
+    and every record still gets exactly one result.
+    """
+
+    task_name = "ecg"
+
+    def __call__(self, ecg: Any, **kwargs):
+        inputs = _split_batch_input(ecg)
+        if isinstance(inputs, list):
+            inputs = [_Numbered(i, item) for i, item in enumerate(inputs)]
+        elif not _is_single_record(inputs):
+            inputs = (_Numbered(i, item) for i, item in enumerate(inputs))
+        if not isinstance(inputs, list):  # a stream or a single record: warnings come as they arise
+            return super().__call__(inputs, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EcgInputReducedWarning)
+            outputs = super().__call__(inputs, **kwargs)
+        self._warn_once(caught, len(inputs))
+        return outputs
+
+    def _warn_once(self, caught, num_records: int) -> None:
+        """Re-issue what the feature extractor reported for each record as one warning per kind."""
+        by_kind: dict[str, list] = {}
+        for item in caught:
+            if isinstance(item.message, EcgInputReducedWarning):
+                by_kind.setdefault(item.message.kind, []).append(item.message)
+            else:
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+        for kind, found in by_kind.items():
+            ids = [record_id for warning in found for record_id in warning.record_ids]
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            what = (
+                "were cropped to the model's window" if kind == "cropped"
+                else "lack more than half of the model's leads"
+            )
+            warnings.warn(
+                EcgInputReducedWarning(
+                    f"{self.task_name}: {len(ids)} of {num_records} record(s) {what} ({shown}). {found[0].detail}",
+                    kind, ids, num_records, found[0].detail,
+                ),
+                stacklevel=3,
+            )
+
+    def _sanitize_parameters(self, sampling_rate=None, leads=None, window_stride=None, aggregate=None,
+                             inference_dtype=None, **kwargs):
+        preprocess = {}
+        if sampling_rate is not None:
+            preprocess["sampling_rate"] = sampling_rate
+        if leads is not None:
+            preprocess["leads"] = leads
+        if window_stride is not None:
+            if isinstance(window_stride, bool) or not isinstance(window_stride, int) or window_stride <= 0:
+                raise ValueError(f"{self.task_name}: window_stride must be a positive int (samples), got {window_stride!r}")
+            preprocess["window_stride"] = window_stride
+        forward = {}
+        if inference_dtype is not None:
+            from ecg_hub.inference import resolve_inference_dtype
+
+            forward["autocast_dtype"] = resolve_inference_dtype(inference_dtype, self.device)[0]
+        postprocess = {}
+        if aggregate is not None:
+            if aggregate not in WINDOW_AGGREGATES:
+                raise ValueError(f"{self.task_name}: aggregate must be one of {WINDOW_AGGREGATES}, got {aggregate!r}")
+            postprocess["aggregate"] = aggregate
+        own_preprocess, own_forward, own_postprocess = self._sanitize_task_parameters(**kwargs)
+        return {**preprocess, **own_preprocess}, {**forward, **own_forward}, {**postprocess, **own_postprocess}
+
+    def _sanitize_task_parameters(self, **kwargs):
+        if kwargs:
+            raise ValueError(f"{self.task_name}: unexpected argument(s) {sorted(kwargs)}")
+        return {}, {}, {}
+
+    def preprocess(self, ecg, sampling_rate=None, leads=None, window_stride=None):
+        record_id = None
+        if isinstance(ecg, _Numbered):  # warnings and errors name the record by its place in the call
+            record_id, ecg = f"#{ecg.number} of the call", ecg.item
+        yield from _ecg_windows(
+            self.feature_extractor, ecg, sampling_rate, leads, self.dtype or torch.float32, window_stride, record_id
+        )
+
+    def _autocast(self, autocast_dtype):
+        """The inference precision of one forward (default ``"auto"``, resolved once per pipeline)."""
+        if autocast_dtype is None:
+            if getattr(self, "_auto_dtype", None) is None:
+                from ecg_hub.inference import resolve_inference_dtype
+
+                self._auto_dtype = resolve_inference_dtype("auto", self.device)[0]
+            autocast_dtype = self._auto_dtype
+        if autocast_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=autocast_dtype)
+
+    def _forward(self, model_inputs, autocast_dtype=None, **forward_params):
+        is_last = model_inputs.pop("is_last")
+        with self._autocast(autocast_dtype):
+            outputs = self._forward_windows(model_inputs, **forward_params)
+        # Every output keeps the batch dimension: with batch_size > 1 transformers collates windows
+        # into one forward and slices each output along dim 0 again.
+        return {**{key: value.float() for key, value in outputs.items()}, "is_last": is_last}
+
+    def _forward_windows(self, model_inputs, **forward_params) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _windows(model_outputs, key: str) -> torch.Tensor:
+        """``(windows, ...)``: ``key`` of every window of one record (each output is ``(1, ...)``)."""
+        return torch.cat([output[key] for output in model_outputs], dim=0)
+
+
+# --------------------------------------------------------------------------------------------------
 # Zero-shot classification
 # --------------------------------------------------------------------------------------------------
 
 
-class ZeroShotEcgClassificationPipeline(Pipeline):
+class ZeroShotEcgClassificationPipeline(EcgPipeline):
     """Classify ECGs into classes given only as text (``"zero-shot-ecg-classification"``).
 
     Works with any ECG-text model exposing ``get_ecg_features`` / ``get_text_features`` (ETP, MELP)
     and its processor (``EtpProcessor``: feature extractor + tokenizer).
 
-    Call arguments:
-        ecg: see the module docstring (one record, a row, a list, a batch array, a Dataset).
-        sampling_rate, leads: the recording's rate (Hz) and lead names, unless rows carry them.
+    Call arguments (and those of every :class:`EcgPipeline`: ``sampling_rate``, ``leads``,
+    ``window_stride``, ``aggregate``, ``inference_dtype``):
+        ecg: see the module docstring (one record, a row, a record path, a list, a batch array, a Dataset).
         candidate_labels (required): class names, e.g. ``["NORM", "MI", "STTC", "CD", "HYP"]``.
         class_descriptions: ``{label: text or [texts]}`` describing each class (e.g. the CKEPE
             prompts); default: the label itself.
@@ -219,10 +415,12 @@ class ZeroShotEcgClassificationPipeline(Pipeline):
         top_k: keep the ``top_k`` best classes (default: all).
 
     Returns:
-        For one record: a list of ``{"label": str, "score": float}``, **sorted by score, best first**.
-        For several: one such list per record, in input order.
+        For one record: a list of ``{"label": str, "score": float}``, **sorted by score, best first**
+        (with windows: the windows' scores aggregated). For several: one such list per record, in
+        input order.
     """
 
+    task_name = ZERO_SHOT_TASK
     _load_processor = True
     _load_image_processor = False
     _load_feature_extractor = False
@@ -256,30 +454,17 @@ class ZeroShotEcgClassificationPipeline(Pipeline):
         self.model.eval()
         class_embeds = class_text_embeddings(self.model, self.processor or self.tokenizer, class_prompts)
         return super().__call__(
-            _split_batch_input(ecg),
+            ecg,
             candidate_labels=list(candidate_labels),
             class_embeddings=class_embeds,
             **kwargs,
         )
 
-    def _sanitize_parameters(
-        self,
-        sampling_rate=None,
-        leads=None,
-        candidate_labels=None,
-        class_embeddings=None,
-        multi_label=None,
-        function_to_apply=None,
-        top_k=None,
-        **kwargs,
+    def _sanitize_task_parameters(
+        self, candidate_labels=None, class_embeddings=None, multi_label=None, function_to_apply=None, top_k=None, **kwargs
     ):
         if kwargs:
             raise ValueError(f"{ZERO_SHOT_TASK}: unexpected argument(s) {sorted(kwargs)}")
-        preprocess = {}
-        if sampling_rate is not None:
-            preprocess["sampling_rate"] = sampling_rate
-        if leads is not None:
-            preprocess["leads"] = leads
         forward = {}
         if class_embeddings is not None:
             forward["class_embeddings"] = class_embeddings
@@ -293,30 +478,33 @@ class ZeroShotEcgClassificationPipeline(Pipeline):
                 raise ValueError(f"{ZERO_SHOT_TASK}: function_to_apply must be one of {SCORE_FUNCTIONS}, got {function_to_apply!r}")
             postprocess["function_to_apply"] = function_to_apply
         if top_k is not None:
-            if not isinstance(top_k, int) or top_k < 1:
-                raise ValueError(f"{ZERO_SHOT_TASK}: top_k must be a positive int, got {top_k!r}")
-            postprocess["top_k"] = top_k
-        return preprocess, forward, postprocess
+            postprocess["top_k"] = _check_top_k(top_k, ZERO_SHOT_TASK)
+        return {}, forward, postprocess
 
-    def preprocess(self, ecg, sampling_rate=None, leads=None):
-        return _ecg_inputs(self.feature_extractor, ecg, sampling_rate, leads, self.dtype or torch.float32)
-
-    def _forward(self, model_inputs, class_embeddings=None):
+    def _forward_windows(self, model_inputs, class_embeddings=None):
         if class_embeddings is None:
             raise ValueError(f"{ZERO_SHOT_TASK}: call the pipeline with candidate_labels=[...]")
         cosine, scale = ecg_text_cosine(self.model, model_inputs, class_embeddings)
-        # Every output keeps the batch dimension (the scale too, as a (B,) tensor): with batch_size > 1
-        # transformers collates records into one forward and slices each output along dim 0 again.
         return {"cosine": cosine, "logit_scale": torch.full((cosine.shape[0],), float(scale))}
 
-    def postprocess(self, model_outputs, candidate_labels=None, function_to_apply="softmax", top_k=None):
-        cosine = model_outputs["cosine"][:1]
-        scale = float(model_outputs["logit_scale"].reshape(-1)[0])
-        scores = apply_score_function(cosine, scale, function_to_apply)[0]
-        ranked = sorted(zip(scores.tolist(), candidate_labels), key=lambda pair: -pair[0])
-        if top_k is not None:
-            ranked = ranked[:top_k]
-        return [{"label": label, "score": float(score)} for score, label in ranked]
+    def postprocess(self, model_outputs, candidate_labels=None, function_to_apply="softmax", top_k=None, aggregate="mean"):
+        scale = float(model_outputs[0]["logit_scale"].reshape(-1)[0])
+        scores = apply_score_function(self._windows(model_outputs, "cosine"), scale, function_to_apply)
+        return ranked_labels(aggregate_windows(scores, aggregate), candidate_labels, top_k)
+
+
+def _check_top_k(top_k, task: str) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"{task}: top_k must be a positive int, got {top_k!r}")
+    return top_k
+
+
+def ranked_labels(scores: torch.Tensor, labels: Sequence[str], top_k: int | None = None, extra=None) -> list[dict[str, Any]]:
+    """``[{"label", "score"}, ...]`` best first (the first ``top_k``); ``extra(index, score)`` adds keys."""
+    ranked = sorted(enumerate(scores.tolist()), key=lambda pair: -pair[1])
+    if top_k is not None:
+        ranked = ranked[:top_k]
+    return [{"label": labels[i], "score": float(score), **(extra(i, score) if extra else {})} for i, score in ranked]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,21 +560,24 @@ def ecg_embeddings(
     return vector
 
 
-class EcgFeatureExtractionPipeline(Pipeline):
+class EcgFeatureExtractionPipeline(EcgPipeline):
     """One embedding per ECG (``"ecg-feature-extraction"``), for retrieval, clustering or probing.
 
-    Call arguments:
-        ecg, sampling_rate, leads: as the zero-shot pipeline.
+    Call arguments (and those of every :class:`EcgPipeline`: ``sampling_rate``, ``leads``,
+    ``window_stride``, ``aggregate``, ``inference_dtype``):
+        ecg: as the zero-shot pipeline.
         embedding: ``"projection"`` (ECG-text models: the projected, shared-space embedding from
             ``get_ecg_features``; the default when the model has it) or ``"pooled"`` (the ECG
             encoder's ``pooler_output``, e.g. ETP's 512-d probe feature; the default otherwise).
-        normalize: L2-normalise the embedding (default: ``True`` for ``"projection"``, else ``False``).
+        normalize: L2-normalise the embedding (default: ``True`` for ``"projection"``, else ``False``);
+            with windows, after aggregating them.
         return_tensors: return a ``torch.Tensor`` instead of a list of floats.
 
     Returns:
         For one record: a list of ``dim`` floats (or a ``(dim,)`` tensor); for several, one per record.
     """
 
+    task_name = FEATURE_EXTRACTION_TASK
     _load_processor = False
     _load_image_processor = False
     _load_feature_extractor = True
@@ -397,41 +588,139 @@ class EcgFeatureExtractionPipeline(Pipeline):
         if self.feature_extractor is None and self.processor is not None:
             self.feature_extractor = getattr(self.processor, "feature_extractor", None)
 
-    def __call__(self, ecg: Any, **kwargs):
-        return super().__call__(_split_batch_input(ecg), **kwargs)
-
-    def _sanitize_parameters(self, sampling_rate=None, leads=None, embedding=None, normalize=None, return_tensors=None, **kwargs):
+    def _sanitize_task_parameters(self, embedding=None, normalize=None, return_tensors=None, **kwargs):
         if kwargs:
             raise ValueError(f"{FEATURE_EXTRACTION_TASK}: unexpected argument(s) {sorted(kwargs)}")
-        preprocess = {}
-        if sampling_rate is not None:
-            preprocess["sampling_rate"] = sampling_rate
-        if leads is not None:
-            preprocess["leads"] = leads
-        forward = {}
+        forward, postprocess = {}, {}
         if embedding is not None:
-            forward["embedding"] = resolve_embedding(self.model, embedding)
+            forward["embedding"] = postprocess["embedding"] = resolve_embedding(self.model, embedding)
         if normalize is not None:
-            forward["normalize"] = bool(normalize)
-        postprocess = {}
+            postprocess["normalize"] = bool(normalize)
         if return_tensors is not None:
             postprocess["return_tensors"] = bool(return_tensors)
-        return preprocess, forward, postprocess
+        return {}, forward, postprocess
 
-    def preprocess(self, ecg, sampling_rate=None, leads=None):
-        return _ecg_inputs(self.feature_extractor, ecg, sampling_rate, leads, self.dtype or torch.float32)
+    def _forward_windows(self, model_inputs, embedding=None):
+        # Unnormalised (B, dim): windows are aggregated first, then normalised (postprocess).
+        return {"embedding": ecg_embeddings(self.model, model_inputs, embedding, normalize=False)}
 
-    def _encoder(self):
-        """The ECG encoder whose ``pooler_output`` is the pooled feature."""
-        return ecg_encoder(self.model)
-
-    def _forward(self, model_inputs, embedding=None, normalize=None):
-        # (B, dim): the batch dimension stays, so batch_size > 1 unbatches into one row per record.
-        return {"embedding": ecg_embeddings(self.model, model_inputs, embedding, normalize)}
-
-    def postprocess(self, model_outputs, return_tensors=False):
-        vector = model_outputs["embedding"][0].float()
+    def postprocess(self, model_outputs, embedding=None, normalize=None, return_tensors=False, aggregate="mean"):
+        vector = aggregate_windows(self._windows(model_outputs, "embedding"), aggregate)
+        if normalize if normalize is not None else resolve_embedding(self.model, embedding) == "projection":
+            vector = F.normalize(vector, dim=-1)
         return vector if return_tensors else vector.tolist()
+
+
+# --------------------------------------------------------------------------------------------------
+# Classification by a fine-tuned classifier
+# --------------------------------------------------------------------------------------------------
+
+CLASSIFICATION_TASK = "ecg-classification"
+
+#: ``function_to_apply`` of the classification pipeline; default by ``config.problem_type``.
+CLASSIFIER_FUNCTIONS = ("sigmoid", "softmax", "none")
+
+
+def classifier_labels(model, where: str | None = None) -> tuple[str, list[str]]:
+    """``(problem_type, class names in logit order)`` of a fine-tuned ``...ForSequenceClassification``,
+    checked: ``problem_type`` is multi- or single-label, ``id2label`` names every logit."""
+    where = where or getattr(model, "name_or_path", "") or type(model).__name__
+    config = model.config
+    problem_type = config.problem_type
+    if problem_type not in ("multi_label_classification", "single_label_classification"):
+        raise ValueError(
+            f"model {where!r}: config.problem_type is {problem_type!r}; expected "
+            "'multi_label_classification' (sigmoid) or 'single_label_classification' (softmax)"
+        )
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    if sorted(id2label) != list(range(config.num_labels)):
+        raise ValueError(f"model {where!r}: config.id2label has ids {sorted(id2label)}; expected 0..{config.num_labels - 1}")
+    return problem_type, [str(id2label[i]) for i in range(config.num_labels)]
+
+
+def classifier_thresholds(model, class_names: Sequence[str]) -> list[float]:
+    """Per-class decision thresholds: those fine-tuning tuned on validation and saved in
+    ``config.classification_thresholds`` (``{label: threshold}``), else 0.5 for every class."""
+    saved = getattr(model.config, "classification_thresholds", None) or {}
+    return [float(saved.get(name, 0.5)) for name in class_names]
+
+
+class EcgClassificationPipeline(EcgPipeline):
+    """Classify ECGs with a fine-tuned classifier (``"ecg-classification"``), e.g.
+    ``EcgJepaForSequenceClassification`` saved by ``ecg-hub finetune``.
+
+    >>> clf = pipeline("ecg-classification", model="runs/finetune/best")
+    >>> clf("records500/00000/00001_hr", top_k=2)
+    [{'label': 'NORM', 'score': 0.93, 'positive': True}, {'label': 'MI', 'score': 0.04, 'positive': False}]
+
+    Call arguments (and those of every :class:`EcgPipeline`: ``sampling_rate``, ``leads``,
+    ``window_stride``, ``aggregate`` (``"max"`` for detection), ``inference_dtype``):
+        function_to_apply: ``"sigmoid"`` (default for ``multi_label_classification``),
+            ``"softmax"`` (default for ``single_label_classification``) or ``"none"`` (logits).
+        top_k: keep the ``top_k`` best classes (default: all).
+
+    Returns:
+        For one record: ``[{"label", "score"}, ...]`` best first, label names from
+        ``config.id2label``; multi-label models add ``"positive"``: ``score >= `` the class's
+        threshold (tuned on validation by fine-tuning when it saved them, else 0.5). For several
+        records: one such list per record, in input order.
+    """
+
+    task_name = CLASSIFICATION_TASK
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = True
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        saved = list(getattr(self.model.config, "architectures", None) or [type(self.model).__name__])
+        if not type(self.model).__name__.endswith("ForSequenceClassification") or not any(
+            name.endswith("ForSequenceClassification") for name in saved
+        ):
+            # A checkpoint of an encoder would load with a random head: refuse it rather than guess.
+            raise ValueError(
+                f"{CLASSIFICATION_TASK} needs a fine-tuned ...ForSequenceClassification; the checkpoint holds "
+                f"{saved} (for an ECG-text model use zero-shot-ecg-classification, for an encoder ecg-hub finetune)"
+            )
+        if self.feature_extractor is None and self.processor is not None:
+            self.feature_extractor = getattr(self.processor, "feature_extractor", None)
+        self.problem_type, self.class_names = classifier_labels(self.model)
+        self.thresholds = classifier_thresholds(self.model, self.class_names)
+
+    def _sanitize_task_parameters(self, function_to_apply=None, top_k=None, **kwargs):
+        if kwargs:
+            raise ValueError(f"{CLASSIFICATION_TASK}: unexpected argument(s) {sorted(kwargs)}")
+        postprocess = {}
+        if function_to_apply is not None:
+            if function_to_apply not in CLASSIFIER_FUNCTIONS:
+                raise ValueError(
+                    f"{CLASSIFICATION_TASK}: function_to_apply must be one of {CLASSIFIER_FUNCTIONS}, got {function_to_apply!r}"
+                )
+            postprocess["function_to_apply"] = function_to_apply
+        if top_k is not None:
+            postprocess["top_k"] = _check_top_k(top_k, CLASSIFICATION_TASK)
+        return {}, {}, postprocess
+
+    def _forward_windows(self, model_inputs):
+        return {"logits": self.model(**accepted_kwargs(self.model.forward, model_inputs)).logits}
+
+    def postprocess(self, model_outputs, function_to_apply=None, top_k=None, aggregate="mean"):
+        logits = self._windows(model_outputs, "logits")
+        if function_to_apply is None:
+            function_to_apply = "sigmoid" if self.problem_type == "multi_label_classification" else "softmax"
+        if function_to_apply == "sigmoid":
+            scores = torch.sigmoid(logits)
+        elif function_to_apply == "softmax":
+            scores = logits.softmax(-1)
+        else:
+            scores = logits
+        scores = aggregate_windows(scores, aggregate)
+        extra = None
+        if self.problem_type == "multi_label_classification" and function_to_apply == "sigmoid":
+            def extra(index, score):
+                return {"positive": bool(score >= self.thresholds[index])}
+        return ranked_labels(scores, self.class_names, top_k, extra)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,7 +729,8 @@ class EcgFeatureExtractionPipeline(Pipeline):
 
 
 def register_pipelines() -> None:
-    """Register ``zero-shot-ecg-classification`` and ``ecg-feature-extraction`` with ``transformers.pipeline``.
+    """Register ``zero-shot-ecg-classification``, ``ecg-feature-extraction`` and ``ecg-classification``
+    with ``transformers.pipeline``.
 
     Idempotent; ``import ecg_hub`` calls it.
     """
@@ -453,19 +743,35 @@ def register_pipelines() -> None:
         PIPELINE_REGISTRY.register_pipeline(
             FEATURE_EXTRACTION_TASK, pipeline_class=EcgFeatureExtractionPipeline, pt_model=AutoModel, type="multimodal"
         )
+    if supported.get(CLASSIFICATION_TASK, {}).get("impl") is not EcgClassificationPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            CLASSIFICATION_TASK,
+            pipeline_class=EcgClassificationPipeline,
+            pt_model=AutoModelForSequenceClassification,
+            type="multimodal",
+        )
 
 
 __all__ = [
+    "CLASSIFICATION_TASK",
     "DEFAULT_PROMPT_TEMPLATES",
     "EMBEDDINGS",
+    "WINDOW_AGGREGATES",
+    "EcgClassificationPipeline",
     "EcgFeatureExtractionPipeline",
+    "EcgPipeline",
     "ZeroShotEcgClassificationPipeline",
+    "aggregate_windows",
     "apply_score_function",
     "build_class_prompts",
     "class_text_embeddings",
+    "classifier_labels",
+    "classifier_thresholds",
     "ecg_embeddings",
     "ecg_encoder",
     "ecg_text_cosine",
+    "ranked_labels",
+    "read_record_input",
     "register_pipelines",
     "resolve_embedding",
 ]

@@ -8,7 +8,7 @@ from .configuration_ecg2tok import Ecg2TokConfig, Ecg2TokTokenizerConfig
 from .configuration_ecg_jepa import EcgJepaConfig
 from .configuration_ecg_resnet import EcgResNetConfig
 from .configuration_etp import EtpConfig
-from .feature_extraction_ecg import EcgFeatureExtractor
+from .feature_extraction_ecg import EcgFeatureExtractor, EcgInputReducedWarning
 from .heads import PROBLEM_TYPES
 from .leads import STANDARD_LEADS, canonical_lead_name, canonicalize_leads, derive_limb_leads
 from .modeling_ecg2tok import (
@@ -50,6 +50,7 @@ __all__ = [
     "Ecg2TokTokenizerConfig",
     "Ecg2TokTokenizerModel",
     "EcgFeatureExtractor",
+    "EcgInputReducedWarning",
     "EcgJepaConfig",
     "EcgJepaForPreTraining",
     "EcgJepaForSequenceClassification",

@@ -15,7 +15,11 @@ together. The steps are pure numpy/scipy functions (also usable inside ``dataset
 5. resample to the target rate (polyphase by default), to exactly :func:`resampled_length` samples;
 6. band-pass (Butterworth, second-order sections, zero-phase), if configured;
 7. crop (start / center / random for training) or pad to ``num_samples``, with ``attention_mask``;
-8. normalise the cropped window (none, per-lead z-score, or whole-record min-max).
+   or, with ``window_stride=``, cut the whole record into sliding windows of ``num_samples``;
+8. normalise each window (none, per-lead z-score, or whole-record min-max).
+
+Nothing is reduced without a word: outside training, a call that crops a record or zero-fills more
+than half of the model's leads issues one :class:`EcgInputReducedWarning` naming the records.
 
 Every input either gives the documented output or raises a ``ValueError`` naming the record, the
 field and what was expected (issue 18); values that cannot be represented in ``return_dtype``
@@ -27,6 +31,7 @@ This module imports numpy, scipy and transformers only: it is part of the Hub re
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from functools import lru_cache
@@ -191,6 +196,69 @@ def crop_window_start(num_available: int, num_samples: int, policy: str, rng: np
     raise ValueError(f"crop must be one of {CROP_POLICIES}, got {policy!r}")
 
 
+def sliding_window_starts(num_available: int, num_samples: int, stride: int) -> list[int]:
+    """First samples of the ``num_samples`` windows that cover ``num_available`` samples, every
+    ``stride`` samples. The last window ends at the record's end (it may overlap its neighbour more
+    than ``stride`` asks), so no sample is left out; a record no longer than a window is one window."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride <= 0:
+        raise ValueError(f"window_stride must be a positive number of samples, got {stride!r}")
+    if num_available <= num_samples:
+        return [0]
+    last = num_available - num_samples
+    starts = list(range(0, last + 1, int(stride)))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+class EcgInputReducedWarning(UserWarning):
+    """A record lost information on its way to the model: it was cropped to the model's window
+    (``kind="cropped"``), or more than half of the model's leads had to be zero-filled
+    (``kind="zero_filled"``). ``record_ids`` names the records of the call. Silence it with
+    ``warnings.simplefilter("ignore", EcgInputReducedWarning)``."""
+
+    def __init__(
+        self, message: str, kind: str = "", record_ids: Sequence[str] = (), num_records: int = 0, detail: str = ""
+    ):
+        super().__init__(message)
+        self.kind = kind
+        self.record_ids = list(record_ids)
+        self.num_records = num_records
+        #: what was reduced and what to do, without the counts (a caller re-counting over calls reuses it)
+        self.detail = detail
+
+
+def _reduction_warnings(cropped: list, sparse: list, num_records: int, extractor) -> list[EcgInputReducedWarning]:
+    """The warnings of one call: ``cropped`` holds ``(record_id, available, kept)`` samples,
+    ``sparse`` ``(record_id, present_leads)``."""
+    found = []
+    rate = float(extractor.sampling_rate)
+    if cropped:
+        record_id, available, kept = cropped[0]
+        detail = (
+            f"The model's window is {extractor.num_samples} samples ({extractor.num_samples / rate:g} s at "
+            f"{rate:g} Hz; crop={extractor.crop!r}), e.g. record {record_id}: {available / rate:g} s -> "
+            f"{kept / rate:g} s. Pass window_stride=<samples> (pipelines: window_stride=) to cover whole records "
+            "with sliding windows."
+        )
+        found.append(EcgInputReducedWarning(
+            f"EcgFeatureExtractor: {len(cropped)} of {num_records} record(s) were cropped to the model's window. {detail}",
+            "cropped", [c[0] for c in cropped], num_records, detail,
+        ))
+    if sparse:
+        record_id, present = sparse[0]
+        detail = (
+            f"Their missing leads are zero-filled (lead_mask 0), e.g. record {record_id} has {present}; the model "
+            f"was trained on {list(extractor.leads)}."
+        )
+        found.append(EcgInputReducedWarning(
+            f"EcgFeatureExtractor: {len(sparse)} of {num_records} record(s) lack more than half of the model's "
+            f"{extractor.num_leads} leads. {detail}",
+            "zero_filled", [z[0] for z in sparse], num_records, detail,
+        ))
+    return found
+
+
 # ----------------------------------------------------------------------------------------------
 # The feature extractor.
 # ----------------------------------------------------------------------------------------------
@@ -321,6 +389,8 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         generator: np.random.Generator | None = None,
         return_tensors: str | None = None,
         masked_leads: Sequence[str] | Sequence[Sequence[str]] | None = None,
+        window_stride: int | None = None,
+        warn_on_reduction: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Preprocess one record or a batch.
@@ -344,21 +414,46 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             masked_leads: leads to treat as missing although the array has rows for them (one list
                 for every record, or one list per record); dataset rows carry theirs in a
                 ``masked_leads`` field, which wins over this argument.
+            window_stride: samples (at the target rate) between the starts of sliding windows of
+                ``num_samples``: each record becomes every window needed to cover it (the last one
+                ends at the record's end, see :func:`sliding_window_starts`), so ``input_values`` has
+                one row per window and ``window_record_index`` (windows,) says which record each row
+                comes from (drop it before calling the model). ``None`` (default): one window per
+                record, cropped by the ``crop`` policy. Needs ``num_samples``.
+            warn_on_reduction: issue one :class:`EcgInputReducedWarning` for the call when a record is
+                cropped or more than half of the model's leads are zero-filled. Default: on, except
+                with ``training=True`` (random crops are augmentation there).
         """
         records, rates, lead_lists, ids, mask_lists = self._unpack(ecg, sampling_rate, leads, record_ids, masked_leads)
         if not isinstance(units, str) or units not in UNITS_TO_MV:
             raise ValueError(f"units must be one of {sorted(UNITS_TO_MV)}, got {units!r}")
+        if window_stride is not None:
+            if self.num_samples is None:
+                raise ValueError("window_stride needs a feature extractor with num_samples (the window length)")
+            if training:
+                raise ValueError("window_stride is for inference; training=True crops one random window per record")
+            sliding_window_starts(1, 1, window_stride)  # validates the stride before any record is read
         policy = "random" if training else self.crop
         rng = generator if generator is not None else (np.random.default_rng() if policy == "random" else None)
 
-        outputs, lead_masks, lengths = [], [], []
-        for record, rate, names, record_id, masked in zip(records, rates, lead_lists, ids, mask_lists):
-            values, present = self._process_record(
-                record, rate, names, record_id, UNITS_TO_MV[units], policy, rng, masked
+        outputs, lead_masks, lengths, window_records = [], [], [], []
+        cropped, sparse = [], []
+        for index, (record, rate, names, record_id, masked) in enumerate(zip(records, rates, lead_lists, ids, mask_lists)):
+            windows, present, available = self._process_record(
+                record, rate, names, record_id, UNITS_TO_MV[units], policy, rng, masked, window_stride
             )
-            outputs.append(values)
-            lead_masks.append(present)
-            lengths.append(values.shape[-1])
+            if window_stride is None and self.num_samples is not None and available > self.num_samples:
+                cropped.append((record_id, available, self.num_samples))
+            if 2 * int(present.sum()) < self.num_leads:
+                sparse.append((record_id, [lead for lead, kept in zip(self.leads, present) if kept]))
+            for values in windows:
+                outputs.append(values)
+                lead_masks.append(present)
+                lengths.append(values.shape[-1])
+                window_records.append(index)
+        if warn_on_reduction if warn_on_reduction is not None else not training:
+            for warning in _reduction_warnings(cropped, sparse, len(records), self):
+                warnings.warn(warning, stacklevel=2)
 
         target_len = self.num_samples if self.num_samples is not None else max(lengths)
         batch = np.full((len(outputs), self.num_leads, target_len), self.padding_value, dtype=self.return_dtype)
@@ -369,6 +464,8 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         data = {"input_values": batch, "lead_mask": np.stack(lead_masks).astype(np.int64)}
         if self.return_attention_mask:
             data["attention_mask"] = attention_mask
+        if window_stride is not None:
+            data["window_record_index"] = np.asarray(window_records, dtype=np.int64)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     # ------------------------------------------------------------------------------------------
@@ -469,7 +566,9 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
         ids = [str(rid) if rid is not None else f"#{i} in the batch" for i, rid in enumerate(ids)]
         return records, rates, lead_lists, ids, mask_lists
 
-    def _process_record(self, record, rate, names, record_id, unit_scale, policy, rng, masked=None):
+    def _process_record(self, record, rate, names, record_id, unit_scale, policy, rng, masked=None, window_stride=None):
+        """One record -> (windows: list of (num_leads, samples) arrays, present leads (num_leads,) bool,
+        samples available at the target rate before cropping)."""
         where = f"record {record_id}"
         # --- validation -----------------------------------------------------------------------
         rate = _check_sampling_rate(rate, where)
@@ -550,10 +649,18 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
             values = resample(values, rate, self.sampling_rate, self.resample_method)
             if self.bandpass is not None:
                 values = bandpass(values, self.bandpass[0], self.bandpass[1], self.filter_order, self.sampling_rate)
-            if self.num_samples is not None:
-                start = crop_window_start(values.shape[-1], self.num_samples, policy, rng)
-                values = values[:, start : start + self.num_samples]
-            values = normalize(values, self.normalization, np.ones(len(index), dtype=bool))
+            available = values.shape[-1]
+            if self.num_samples is None:
+                starts, length = [0], available
+            elif window_stride is not None:
+                starts, length = sliding_window_starts(available, self.num_samples, window_stride), self.num_samples
+            else:
+                starts, length = [crop_window_start(available, self.num_samples, policy, rng)], self.num_samples
+            windows = [
+                normalize(values[:, start : start + length], self.normalization, np.ones(len(index), dtype=bool))
+                for start in starts
+            ]
+            values = np.concatenate(windows, axis=-1) if len(windows) > 1 else windows[0]
         # Finite input can still overflow: float32 holds |x| <= 3.4e38, float16 only 65504. Derived
         # leads, resampling and filtering grow the peak by a few times at most, and the normalised
         # outputs are small, so the output is only scanned when the input peak comes near the limit.
@@ -568,9 +675,12 @@ class EcgFeatureExtractor(SequenceFeatureExtractor):
                 "whose values (in the units given) the output dtype can hold (wrong units?)"
             )
 
-        full = np.zeros((self.num_leads, values.shape[-1]), dtype=np.float64)
-        full[present] = values
-        return full, present
+        filled = []
+        for window in windows:
+            full = np.zeros((self.num_leads, window.shape[-1]), dtype=np.float64)
+            full[present] = window
+            filled.append(full)
+        return filled, present, available
 
 
 def _check_sampling_rate(rate: Any, where: str) -> float:

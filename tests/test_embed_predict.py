@@ -274,7 +274,8 @@ def test_predict_classifier_probabilities_and_labels(models, records, tmp_path):
         assert frame["predicted_labels"].tolist() == [";".join(classes[s >= 0.34]) for s in scores]
         assert frame["top_label"].tolist() == classes[scores.argmax(1)].tolist()
         meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
-        assert meta["class_names"] == ["AF", "SB", "SR"] and meta["threshold"] == 0.34
+        assert meta["class_names"] == ["AF", "SB", "SR"]
+        assert meta["thresholds"] == {"AF": 0.34, "SB": 0.34, "SR": 0.34} and meta["thresholds_from"] == "argument"
         if name == "resnet_single_label":
             assert meta["scoring"] == "softmax"
             np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)

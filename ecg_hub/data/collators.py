@@ -42,6 +42,10 @@ class EcgCollator:
             ``leads * patches`` lists, ``-100`` for none). When set, the batch gets ``labels``
             (batch, leads * patches) int64, the stage-B ``Ecg2TokForMaskedSignalModeling`` labels.
             The ids belong to the extractor's deterministic crop, so ``training=True`` is refused.
+        warn_on_reduction: let the feature extractor warn when a batch crops a record or zero-fills
+            most leads (:class:`~ecg_hub.modeling.feature_extraction_ecg.EcgInputReducedWarning`).
+            Off by default: training and evaluation crop to the window the recipe chose, on purpose
+            and batch after batch; ``ecg-hub embed`` / ``predict`` turn it on.
 
     Returns (``__call__``): ``{"input_values": (B, L, T) float32, "attention_mask": (B, T),
     "lead_mask": (B, L)}`` plus ``labels`` when requested (``label_column`` or ``token_column``).
@@ -57,6 +61,7 @@ class EcgCollator:
         training: bool = False,
         seed: int | None = None,
         token_column: str | None = None,
+        warn_on_reduction: bool = False,
     ):
         if label_column is not None and num_classes is None and not single_label:
             raise ValueError(f"num_classes is required with label_column={label_column!r}")
@@ -77,6 +82,7 @@ class EcgCollator:
         self.training = training
         self.seed = seed
         self.token_column = token_column
+        self.warn_on_reduction = warn_on_reduction
         self._rng: np.random.Generator | None = None
         self._rng_worker: int | None = None
 
@@ -103,6 +109,7 @@ class EcgCollator:
             training=self.training,
             generator=generator if generator is not None else self._generator(),
             return_tensors="pt",
+            warn_on_reduction=self.warn_on_reduction,
         )
         batch = dict(features)
         self._check_masked_leads(rows, batch)

@@ -44,6 +44,7 @@ from ecg_hub.evaluation.metrics import (
     make_compute_metrics,
     make_preprocess_logits,
     scores_from_logits,
+    tune_f1_thresholds,
 )
 from ecg_hub.inference import collect_outputs
 from ecg_hub.loading import check_problem_type, load_classification_model
@@ -266,6 +267,13 @@ def finetune(
     # Best-validation weights are loaded (load_best_model_at_end); the test split is scored once, here.
     val_scores, val_labels = _predict(trainer, validation, "val")
     test_scores, test_labels = _predict(trainer, test, "test")
+    if not single:
+        # Saved in config.json with the model: the ecg-classification pipeline and `ecg-hub predict`
+        # decide "positive" per class at these F1-optimal validation thresholds instead of 0.5.
+        tuned = tune_f1_thresholds(val_labels, val_scores)
+        trainer.model.config.classification_thresholds = {
+            name: float(threshold) for name, threshold in zip(class_names, tuned)
+        }
     return FinetuneResult(
         trainer=trainer,
         class_names=class_names,
