@@ -37,7 +37,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,8 @@ class HubCheckpoint:
 def list_checkpoints(family: str | None = None) -> list[HubCheckpoint]:
     """The checkpoints of the ecg-hub catalogue (optionally of one ``family``), as the families
     declare them, with each one's input preset and status (``planned`` ones are not uploaded yet:
-    ``ecg-hub download`` then reports that the repo does not exist)."""
+    ``ecg-hub download --list`` marks them so, and ``ecg-hub download`` of one stops with a message
+    saying it is planned, before asking the Hub)."""
     from .modeling.registry import families, get_family
 
     chosen = [get_family(family)] if family is not None else list(families().values())
@@ -422,26 +423,6 @@ def render_model_card(
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _auto_classes_registered(pairs: list[tuple[type, str]]) -> Iterator[None]:
-    """Temporarily ``register_for_auto_class`` each (class, auto class name); restore afterwards so
-    later ``save_pretrained`` calls in this process do not start copying code around."""
-    previous = [
-        (cls, cls.__dict__.get("_auto_class", None), "_auto_class" in cls.__dict__) for cls, _ in pairs
-    ]
-    try:
-        for cls, auto_class in pairs:
-            cls.register_for_auto_class(auto_class)
-        yield
-    finally:
-        for cls, value, had_own in previous:
-            if had_own:
-                cls._auto_class = value
-            else:
-                with contextlib.suppress(AttributeError):
-                    del cls._auto_class
-
-
 def _check_remote_code_imports(folder: Path) -> list[str]:
     """Third-party imports of the copied code files, as requirement lines. Raises ValueError on an
     import that a plain ``transformers`` install cannot satisfy (e.g. ``ecg_hub`` itself)."""
@@ -584,9 +565,10 @@ def export_checkpoint(
 
     The checkpoint in ``model_dir`` is loaded with the installed (registered) ecg-hub classes,
     which checks that every weight matches the architecture, then saved again with
-    ``register_for_auto_class`` so ``transformers`` copies the defining modules (and their relative
-    imports) and writes ``auto_map``. ``auto_map`` also gets every other Auto class registered for
-    the config whose class lives in the copied files (e.g. ``AutoModel`` for a classifier).
+    the classes registered for their Auto classes (as ``import ecg_hub`` leaves them), so
+    ``transformers`` copies the defining modules (and their relative imports) and writes
+    ``auto_map``, which also names every other Auto class registered for the config whose class
+    lives in the copied files (e.g. ``AutoModel`` for a classifier).
 
     The training recipe (``recipe``, else :func:`find_recipe`) is copied as ``recipe.yaml`` and
     shown in the card. ``output_dir`` must be empty or absent.
@@ -603,35 +585,18 @@ def export_checkpoint(
     model, preprocessor, family = _load_checkpoint(model_dir)
     config = model.config
 
-    pairs: list[tuple[type, str]] = [(type(config), "AutoConfig")]
-    model_auto = {cls: name for name, cls in _registered_model_classes(config).items()}
-    pairs.append((type(model), model_auto.get(type(model), "AutoModel")))
-    feature_extractor = getattr(preprocessor, "feature_extractor", None)
-    if feature_extractor is not None:  # a processor: register it and its extractor
-        pairs += [(type(preprocessor), "AutoProcessor"), (type(feature_extractor), "AutoFeatureExtractor")]
-    else:
-        pairs.append((type(preprocessor), "AutoFeatureExtractor"))
-
+    # Every ecg-hub class is registered for its Auto class at import (registry.register_families), so
+    # save_pretrained copies the defining modules and writes auto_map (completed by
+    # registry.complete_auto_map); here the result is only checked.
     output_dir.mkdir(parents=True, exist_ok=True)
-    with _auto_classes_registered(pairs):
-        model.save_pretrained(output_dir)
-        preprocessor.save_pretrained(output_dir)
-
-    # Extra auto_map entries: the other heads of the same family, when their code was copied.
-    config_path = output_dir / "config.json"
-    config_json = json.loads(config_path.read_text(encoding="utf-8"))
-    auto_map = config_json.setdefault("auto_map", {})
-    # transformers writes a [slow, fast] pair for any class whose name contains "Tokenizer" (it takes
-    # it for a text tokenizer), so ECG2TOK's Ecg2TokTokenizerConfig / ...Model came out as lists that
-    # AutoConfig cannot read; only AutoTokenizer takes a pair.
-    for auto_name, reference in list(auto_map.items()):
-        if auto_name != "AutoTokenizer" and isinstance(reference, list):
-            auto_map[auto_name] = next(item for item in reference if item is not None)
-    for auto_name, cls in _registered_model_classes(config).items():
-        module_file = Path(sys.modules[cls.__module__].__file__).name
-        if auto_name not in auto_map and (output_dir / module_file).is_file():
-            auto_map[auto_name] = f"{Path(module_file).stem}.{cls.__name__}"
-    config_path.write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    model.save_pretrained(output_dir)
+    preprocessor.save_pretrained(output_dir)
+    auto_map = json.loads((output_dir / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    if "AutoConfig" not in auto_map or not any(name in auto_map for name in _registered_model_classes(config)):
+        raise RuntimeError(
+            f"export of {model_dir}: config.json has auto_map {auto_map}; expected AutoConfig and the model's "
+            "Auto class (is the family registered? import ecg_hub first)"
+        )
 
     requirements = _check_remote_code_imports(output_dir)
     (output_dir / "requirements.txt").write_text(

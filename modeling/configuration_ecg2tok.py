@@ -15,7 +15,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .leads import INDEPENDENT_LEADS, canonicalize_leads
-from .registry import CheckpointEntry, ModelFamily, ModelType
+from .registry import CheckpointEntry, ModelFamily, ModelType, RemoteCodeConfigMixin
 
 
 def _check_encoder(config, name: str) -> None:
@@ -50,7 +50,7 @@ class _Ecg2TokGridMixin:
 
 
 @strict
-class Ecg2TokTokenizerConfig(_Ecg2TokGridMixin, PreTrainedConfig):
+class Ecg2TokTokenizerConfig(RemoteCodeConfigMixin, _Ecg2TokGridMixin, PreTrainedConfig):
     r"""Configuration of [`Ecg2TokTokenizerModel`], the stage-A semantic tokenizer.
 
     A student and an EMA-teacher ViT over per-lead patches (ViT-S-like by default: 384 wide, 12
@@ -180,7 +180,7 @@ class Ecg2TokTokenizerConfig(_Ecg2TokGridMixin, PreTrainedConfig):
 
 
 @strict
-class Ecg2TokConfig(_Ecg2TokGridMixin, PreTrainedConfig):
+class Ecg2TokConfig(RemoteCodeConfigMixin, _Ecg2TokGridMixin, PreTrainedConfig):
     r"""Configuration of [`Ecg2TokModel`], [`Ecg2TokForMaskedSignalModeling`] and
     [`Ecg2TokForSequenceClassification`], the stage-B encoder (ViT-B-like: 768 / 12 / 12, LayerScale
     0.1, DropPath 0.1; BEiT Base).

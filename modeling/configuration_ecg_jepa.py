@@ -11,11 +11,11 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .leads import INDEPENDENT_LEADS, canonicalize_leads
-from .registry import CheckpointEntry, ModelFamily, ModelType
+from .registry import CheckpointEntry, ModelFamily, ModelType, RemoteCodeConfigMixin
 
 
 @strict
-class EcgJepaConfig(PreTrainedConfig):
+class EcgJepaConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of [`EcgJepaModel`], [`EcgJepaForPreTraining`] and [`EcgJepaForSequenceClassification`].
 
     The defaults are the released ECG-JEPA encoder (``multiblock_epoch100.pth``): 8 leads (I, II,

@@ -10,6 +10,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .leads import STANDARD_LEADS
+from .registry import RemoteCodeConfigMixin
 
 # Blocks per stage of the standard ResNet depths (He et al. 2016), as MERL's resnet1d defines them.
 RESNET_DEPTHS: dict[str, tuple[list[int], str]] = {
@@ -21,7 +22,7 @@ RESNET_DEPTHS: dict[str, tuple[list[int], str]] = {
 
 
 @strict
-class EcgResNetConfig(PreTrainedConfig):
+class EcgResNetConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of [`EcgResNetModel`]: a 1-D ResNet over multi-lead ECG.
 
     The defaults give MERL's ResNet18-1D (the ETP ECG encoder): a stem ``Conv1d(num_leads -> 64,

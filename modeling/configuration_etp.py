@@ -17,7 +17,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_ecg_resnet import EcgResNetConfig
 from .leads import MIMIC_LEADS
-from .registry import CheckpointEntry, ModelFamily, ModelType
+from .registry import CheckpointEntry, ModelFamily, ModelType, RemoteCodeConfigMixin
 
 #: The ECG towers an ETP model can hold, by ``model_type``. Resolved here rather than through the
 #: Auto registry so that Hub remote code (where ecg-hub is not installed) resolves them too. A new
@@ -65,7 +65,7 @@ class EcgTowerConfigSpec(SubConfigSpec):
 
 
 @strict
-class EtpConfig(PreTrainedConfig):
+class EtpConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of [`EtpModel`] (ECG tower + text tower + projections + temperature).
 
     Args:

@@ -200,20 +200,74 @@ def resolve_class(reference: str):
 
 def register_families() -> None:
     """Register every family's configs, models, feature extractor and processors with the transformers
-    Auto classes (idempotent: ``exist_ok=True``)."""
+    Auto classes (idempotent: ``exist_ok=True``), and each class *for* its Auto class
+    (``register_for_auto_class``), so that a plain ``save_pretrained`` / ``push_to_hub`` /
+    ``Trainer(push_to_hub=True)`` folder holds the code files and ``auto_map`` that load it with
+    ``trust_remote_code=True`` where ecg-hub is not installed (see :class:`RemoteCodeConfigMixin`)."""
     import transformers
 
     from .feature_extraction_ecg import EcgFeatureExtractor
 
+    EcgFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     for family in families().values():
         for model_type, spec in family.model_types.items():
             config_class = resolve_class(spec.config)
             transformers.AutoConfig.register(model_type, config_class, exist_ok=True)
+            config_class.register_for_auto_class("AutoConfig")
             for auto_name, reference in spec.models.items():
-                getattr(transformers, auto_name).register(config_class, resolve_class(reference), exist_ok=True)
+                model_class = resolve_class(reference)
+                getattr(transformers, auto_name).register(config_class, model_class, exist_ok=True)
+                model_class.register_for_auto_class(auto_name)
             transformers.AutoFeatureExtractor.register(config_class, EcgFeatureExtractor, exist_ok=True)
             if spec.processor is not None:
-                transformers.AutoProcessor.register(config_class, resolve_class(spec.processor), exist_ok=True)
+                processor_class = resolve_class(spec.processor)
+                transformers.AutoProcessor.register(config_class, processor_class, exist_ok=True)
+                processor_class.register_for_auto_class("AutoProcessor")
+
+
+def complete_auto_map(config_class: type, auto_map: dict[str, Any]) -> dict[str, Any]:
+    """``auto_map`` as a saved ecg-hub config needs it to load by every Auto class of its family:
+
+    - transformers writes a ``[slow, fast]`` pair for any class whose name contains "Tokenizer"
+      (it takes it for a text tokenizer), so ECG2TOK's ``Ecg2TokTokenizerConfig`` / ``...Model``
+      would come out as lists that ``AutoConfig`` cannot read; only ``AutoTokenizer`` takes a pair;
+    - saving one model class names only its own Auto class; the family's other heads live in the
+      same copied modeling file, so they are added (``AutoModel`` for a classifier's folder, say).
+    """
+    completed = {
+        name: next(item for item in reference if item is not None)
+        if isinstance(reference, (list, tuple)) and name != "AutoTokenizer"
+        else reference
+        for name, reference in auto_map.items()
+    }
+    saved_modules = {
+        reference.split(".")[0]
+        for name, reference in completed.items()
+        if name in AUTO_MODEL_CLASSES and isinstance(reference, str)
+    }
+    if not saved_modules:
+        return completed
+    import transformers
+
+    for auto_name in AUTO_MODEL_CLASSES:
+        try:
+            model_class = getattr(transformers, auto_name)._model_mapping[config_class]
+        except (KeyError, ValueError):  # not registered (e.g. loaded as remote code): nothing to add
+            continue
+        module = model_class.__module__.rsplit(".", 1)[-1]
+        if module in saved_modules:
+            completed.setdefault(auto_name, f"{module}.{model_class.__name__}")
+    return completed
+
+
+class RemoteCodeConfigMixin:
+    """Mixed into every ecg-hub config: the ``auto_map`` it saves is :func:`complete_auto_map`'s."""
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        if output.get("auto_map"):
+            output["auto_map"] = complete_auto_map(type(self), output["auto_map"])
+        return output
 
 
 __all__ = [
@@ -224,6 +278,8 @@ __all__ = [
     "CheckpointEntry",
     "ModelFamily",
     "ModelType",
+    "RemoteCodeConfigMixin",
+    "complete_auto_map",
     "families",
     "family_of_model_type",
     "get_family",
