@@ -26,30 +26,35 @@ Validation happens at load time, before anything heavy is built: every ``_compon
 import, every keyword must be a parameter of its callable (unless it takes ``**kwargs``), every
 settings key must be a field of its dataclass, and values are checked against the field types.
 An unknown key is a :class:`RecipeError` (a ``ValueError``) that names the key by its full dotted
-path. Overrides (``a.b=1``) are parsed as YAML, so ``training.max_steps=10`` is an int,
-``optimizer.betas=[0.9,0.95]`` a list, ``x=null`` ``None``; ``~a.b`` deletes a key. A string
-value ``${a.b}`` is replaced by the value at ``a.b`` (after overrides); ``"${output_dir}/logs"``
-substitutes text.
+path.
+
+Reading, overriding and interpolating are OmegaConf's (what torchtune's configs build on); the
+schema, the validation and :func:`instantiate` are ecg-hub's. Files and override values are read
+with OmegaConf's YAML loader: a safe loader (no ``!!python`` tags), duplicate keys refused, and the
+YAML 1.2 float rule (PyYAML's 1.1 rule reads ``1e-6`` as a string; here it is the float 1e-06).
+Overrides (``a.b=1``) are parsed as YAML, so ``training.max_steps=10`` is an int,
+``optimizer.betas=[0.9,0.95]`` a list, ``x=null`` ``None``; a value *replaces* what was at the key
+(``OmegaConf.update(..., merge=False)``: a new component does not inherit the old one's
+arguments); ``~a.b`` deletes a key. A string value ``${a.b}`` is replaced by the value at ``a.b``
+(after overrides; ``${.b}`` is a sibling, ``${..b}`` one level up, ``\\${`` a literal);
+``"${output_dir}/logs"`` substitutes text; ``???`` marks a value that must be given.
 
 **Recipes are data unless trusted.** A recipe may name only components inside
 :data:`ALLOWED_COMPONENT_PREFIXES` (ecg-hub's model, data, training and evaluation code,
 ``torch.optim`` / ``torch.nn``, ``transformers``, ``datasets``), checked on the dotted string
 before anything is imported, on every module the path walks through, and on the module that
-defines the object it reaches (so ``ecg_hub.data.ptbxl.os.system`` is refused too); and it may not
-set ``trust_remote_code: true``. ``load_recipe(..., trust=True)`` (``--trust-recipe`` on the
-command line) lifts both rules, for recipes you wrote or read. This holds for packaged recipes,
-files, overrides and recipes published next to a checkpoint alike: YAML is read with a safe loader
-(no ``!!python`` tags), and interpolation only copies values.
-
-YAML 1.1 (PyYAML) reads ``1e-6`` as a string; recipes are read with the YAML 1.2 float rule, so
-``1e-6`` is the float 1e-06 here.
+defines the object it reaches (so ``ecg_hub.data.ptbxl.os.system`` is refused too); it may not
+set ``trust_remote_code: true``; and its interpolations may only refer to its own keys: OmegaConf
+resolvers (``${oc.env:HF_TOKEN}`` would copy a secret into, say, a tracker's run name;
+``oc.decode`` parses text) are refused. ``load_recipe(..., trust=True)`` (``--trust-recipe`` on
+the command line) lifts these rules, for recipes you wrote or read. This holds for packaged
+recipes, files, overrides and recipes published next to a checkpoint alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import dataclasses
 import functools
 import importlib
@@ -63,6 +68,9 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+from omegaconf import DictConfig, OmegaConf, grammar_parser
+from omegaconf.errors import GrammarParseError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser
 
 from .utils import explicit_parameters
 
@@ -171,34 +179,39 @@ class Component(dict):
 
 
 # ------------------------------------------------------------------------------------------------
-# YAML with the 1.2 float rule (so 1e-6 is a float, not a string).
+# YAML, read by OmegaConf's loader.
 # ------------------------------------------------------------------------------------------------
 
 
-class _RecipeLoader(yaml.SafeLoader):
-    pass
-
-
-_FLOAT_RE = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.VERBOSE,
-)
-_RecipeLoader.yaml_implicit_resolvers = {
-    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
-    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+def _describe(error: OmegaConfBaseException) -> str:
+    """``'<full key>': <first line of OmegaConf's message>`` (its later lines repeat the key and
+    name OmegaConf's internal types)."""
+    lines = (error.msg or str(error)).strip().splitlines()
+    message = lines[0] if lines else type(error).__name__
+    if isinstance(error, MissingMandatoryValue):
+        message = "is missing (its value is ???); set it with an override"
+    elif isinstance(error, GrammarParseError):
+        message = f"not a valid interpolation: {message} (a literal ${{ is written \\${{)"
+    return f"'{error.full_key}': {message}" if error.full_key else message
 
 
 def _yaml_load(text: str, source: str) -> Any:
+    """Parse YAML ``text`` as OmegaConf parses its files and dotlists: a safe loader (no ``!!python``
+    tags), the YAML 1.2 float rule (``1e-6`` is a float; PyYAML's 1.1 rule reads it as a string),
+    duplicate keys refused, alias expansion bounded (OmegaConf 2.4), timestamps left as strings.
+
+    ``OmegaConf.from_dotlist`` is the public entry point that returns the parsed object unchanged:
+    ``OmegaConf.create(text)`` would turn a bare string into ``{text: None}`` and fail on a number,
+    and a recipe that is not a mapping must be reported as such."""
     try:
-        return yaml.load(text, Loader=_RecipeLoader)
+        parsed = OmegaConf.from_dotlist([f"value={text}"])
     except yaml.YAMLError as error:
         raise RecipeError(f"{source}: not valid YAML: {error}") from None
+    except OmegaConfBaseException as error:  # a bad ${...}, or a value OmegaConf cannot hold (a !!set)
+        # Keys are named as in the text, without the "value" key the text was parsed under.
+        error.full_key = (error.full_key or "").removeprefix("value").removeprefix(".") or None
+        raise RecipeError(f"{source}: {_describe(error)}") from None
+    return OmegaConf.to_container(parsed)["value"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,29 +248,48 @@ def read_yaml(path: str | Path) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
-# Overrides and interpolation.
+# Overrides and interpolation, with OmegaConf.
 # ------------------------------------------------------------------------------------------------
 
 
 def parse_override_value(text: str) -> Any:
-    """Parse the value of an override as YAML (``10`` -> int, ``1e-4`` -> float, ``[1,2]`` -> list)."""
-    if text == "":
-        return ""
-    return _yaml_load(text, f"override value {text!r}")
+    """Parse the value of an override as YAML, as recipe files are read (``10`` -> int, ``1e-4`` ->
+    float, ``[1,2]`` -> list, ``null`` -> None). An empty value is the empty string (OmegaConf's own
+    dotlist reads ``key=`` as null; here ``key=`` has always meant "")."""
+    return _parse_value(text, f"override value {text!r}")
 
 
-def apply_overrides(data: dict, overrides: Iterable[str], source: str = "recipe") -> dict:
-    """Apply ``key.path=value`` (set, YAML-typed) and ``~key.path`` (delete) to a nested mapping.
+def _parse_value(text: str, source: str) -> Any:
+    return "" if text == "" else _yaml_load(text, source)
+
+
+def _to_config(data: Mapping, source: str) -> DictConfig:
+    """A copy of ``data`` as an OmegaConf ``DictConfig`` (whose ``${...}`` strings are interpolations)."""
+    try:
+        return OmegaConf.create(data if OmegaConf.is_config(data) else dict(data))
+    except OmegaConfBaseException as error:
+        raise RecipeError(f"{source}: {_describe(error)}") from None
+
+
+def apply_overrides(data: Mapping, overrides: Iterable[str], source: str = "recipe") -> dict:
+    """Apply ``key.path=value`` (set, YAML-typed) and ``~key.path`` (delete) to a nested mapping;
+    returns a new plain dict, interpolations still unresolved.
 
     Missing intermediate mappings are created; whether the final key is allowed is checked later
     by validation against the schema and the components' signatures.
     """
-    data = copy.deepcopy(data)
+    config = _to_config(data, source)
+    _apply_overrides(config, overrides, source)
+    return OmegaConf.to_container(config)
+
+
+def _apply_overrides(config: DictConfig, overrides: Iterable[str], source: str) -> None:
     for item in overrides:
         if item.startswith("~"):
             keys = _split_key(item[1:], item)
-            parent = _walk(data, keys[:-1], item, create=False)
-            if not isinstance(parent, dict) or keys[-1] not in parent:
+            parent = _override_parent(config, keys[:-1], item)
+            # .keys(): `in` on a DictConfig resolves the value, and resolvers are checked only later.
+            if parent is None or keys[-1] not in parent.keys():  # noqa: SIM118
                 raise RecipeError(f"override {item!r}: key {'.'.join(keys)!r} is not in the {source}")
             del parent[keys[-1]]
             continue
@@ -265,63 +297,96 @@ def apply_overrides(data: dict, overrides: Iterable[str], source: str = "recipe"
             raise RecipeError(f"override {item!r} must have the form key.path=value (or ~key.path to delete)")
         key, value = item.split("=", 1)
         keys = _split_key(key.strip(), item)
-        parent = _walk(data, keys[:-1], item, create=True)
-        parent[keys[-1]] = parse_override_value(value.strip())
-    return data
+        _override_parent(config, keys[:-1], item)
+        try:
+            # merge=False: the value replaces what was there. OmegaConf's dotlist (and Hydra) merge a
+            # mapping into the old one, so `dataset={_component_: ...}` would keep the keyword
+            # arguments of the component it replaces.
+            parsed = _parse_value(value.strip(), f"override {item!r}")
+            OmegaConf.update(config, ".".join(keys), parsed, merge=False)
+        except OmegaConfBaseException as error:
+            raise RecipeError(f"override {item!r}: {_describe(error)}") from None
 
 
 def _split_key(key: str, item: str) -> list[str]:
     keys = key.split(".")
-    if not key or any(not k for k in keys):
-        raise RecipeError(f"override {item!r}: malformed key {key!r}")
+    # Only dotted names: OmegaConf's bracket indexing and backslash escapes would address other
+    # nodes than the ones _override_parent checks.
+    if not key or any(not k for k in keys) or any(c in key for c in "[]\\"):
+        raise RecipeError(f"override {item!r}: malformed key {key!r} (expected dotted names: a.b.c)")
     return keys
 
 
-def _walk(data: dict, keys: list[str], item: str, create: bool) -> Any:
-    node = data
+def _override_parent(config: DictConfig, keys: list[str], item: str) -> DictConfig | None:
+    """The mapping at ``keys``, or ``None`` where the path does not exist yet (or is null: then
+    ``OmegaConf.update`` creates it). OmegaConf would silently replace a scalar on the way by a
+    mapping, and write through an interpolation into the node it refers to; both are errors here."""
+    node = config
     for depth, key in enumerate(keys):
-        if not isinstance(node, dict):
-            raise RecipeError(f"override {item!r}: {'.'.join(keys[:depth])!r} is not a mapping")
-        if key not in node or node[key] is None:
-            if not create:
-                return None
-            node[key] = {}
-        node = node[key]
-    if not isinstance(node, dict):
-        raise RecipeError(f"override {item!r}: {'.'.join(keys)!r} is not a mapping")
+        path = ".".join(keys[: depth + 1])
+        if key not in node.keys() or OmegaConf.is_missing(node, key):  # noqa: SIM118 (see _apply_overrides)
+            return None
+        if OmegaConf.is_interpolation(node, key):
+            raise RecipeError(
+                f"override {item!r}: {path!r} is an interpolation; override the key it refers to, "
+                f"or replace {path!r} as a whole"
+            )
+        child = node[key]
+        if child is None:
+            return None
+        if not isinstance(child, DictConfig):
+            raise RecipeError(f"override {item!r}: {path!r} is not a mapping")
+        node = child
     return node
 
 
-_REF_RE = re.compile(r"\$\{([^{}]+)\}")
+def resolve_interpolations(data: Mapping, source: str = "recipe") -> dict:
+    """Resolve ``${a.b}`` references with OmegaConf: a whole-string reference keeps the referenced
+    type, embedded ones are formatted into the string, ``${.b}`` is a sibling and ``${..b}`` one level up,
+    ``\\${`` is a literal ``${``. A value ``???`` is a required value still missing.
+
+    While :func:`load_recipe` checks an untrusted recipe, references may not call resolvers
+    (``${oc.env:...}`` and the like, see :func:`_refuse_resolvers`)."""
+    return _resolve(_to_config(data, source), source)
 
 
-def resolve_interpolations(data: dict, source: str = "recipe") -> dict:
-    """Replace ``${a.b}`` references by the values they point to (whole-string references keep
-    the referenced type; embedded ones are formatted into the string)."""
+def _resolve(config: DictConfig, source: str) -> dict:
+    if not _TRUSTED.get():
+        _refuse_resolvers(OmegaConf.to_container(config), "", source)
+    try:
+        return OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        raise RecipeError(f"{source}: {_describe(error)}") from None
 
-    def lookup(path: str, chain: tuple[str, ...]) -> Any:
-        if path in chain:
-            raise RecipeError(f"{source}: circular reference ${{{path}}} (via {' -> '.join(chain)})")
-        node: Any = data
-        for key in path.strip().split("."):
-            if not isinstance(node, dict) or key not in node:
-                raise RecipeError(f"{source}: reference ${{{path}}} points to a key that does not exist")
-            node = node[key]
-        return resolve(node, chain + (path,))
 
-    def resolve(node: Any, chain: tuple[str, ...]) -> Any:
-        if isinstance(node, dict):
-            return {k: resolve(v, chain) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v, chain) for v in node]
-        if isinstance(node, str) and "${" in node:
-            whole = _REF_RE.fullmatch(node)
-            if whole:
-                return copy.deepcopy(lookup(whole.group(1), chain))
-            return _REF_RE.sub(lambda m: str(lookup(m.group(1), chain)), node)
-        return node
-
-    return resolve(data, ())
+def _refuse_resolvers(node: Any, key: str, source: str) -> None:
+    """An untrusted recipe's ``${...}`` may only copy values of the recipe. OmegaConf's resolvers
+    reach beyond it (``oc.env`` reads environment variables, which a recipe could copy into a
+    tracker's run name: a token would leave the machine) or parse text as configuration again
+    (``oc.decode``, ``oc.create``: a way to build a resolver call this check never saw), and any
+    imported code may register more. The check walks OmegaConf's own parse tree of each string, so
+    nested and quoted interpolations are seen and an escaped ``\\${`` is not."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _refuse_resolvers(v, f"{key}.{k}" if key else str(k), source)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _refuse_resolvers(v, f"{key}.{i}", source)
+    elif isinstance(node, str) and "${" in node:
+        try:
+            stack = [grammar_parser.parse(node)]
+        except GrammarParseError as error:
+            raise RecipeError(f"{source}: '{key}': {node!r} is not a valid interpolation: {error}") from None
+        while stack:
+            tree = stack.pop()
+            if isinstance(tree, OmegaConfGrammarParser.InterpolationResolverContext):
+                name = tree.resolverName().getText()
+                raise RecipeError(
+                    f"{source}: '{key}': {tree.getText()} calls the resolver {name!r}; an untrusted "
+                    "recipe's interpolations may only refer to its own keys (${a.b}), since resolvers read "
+                    f"environment variables or parse text. If you trust this recipe, pass {TRUST_FLAG}"
+                )
+            stack.extend(getattr(tree, "children", None) or ())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,6 +443,8 @@ def instantiate(node: Mapping | None, *args: Any, **extra: Any) -> Any:
     """
     if node is None:
         return None
+    if OmegaConf.is_config(node):  # a DictConfig node: its interpolations resolved, as plain data
+        node = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
     if not is_component(node):
         raise ValueError(f"expected a mapping with {COMPONENT_KEY!r}, got {node!r}")
     target = get_component(node[COMPONENT_KEY])
@@ -678,14 +745,15 @@ def load_recipe(
 
 def _load_recipe(path: str | Path | Mapping, overrides: Iterable[str], schema: type | None) -> Any:
     if isinstance(path, Mapping):
-        source, data = "recipe", copy.deepcopy(dict(path))
+        source, data = "recipe", path
     else:
         file = resolve_recipe_path(path)
         source, data = str(file), read_yaml(file)
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    data = apply_overrides(data, overrides, source)
-    data = resolve_interpolations(data, source)
+    config = _to_config(data, source)  # a copy: the caller's mapping is left as it was
+    _apply_overrides(config, overrides, source)
+    data = _resolve(config, source)
     declared = data.get(SCHEMA_KEY)
     if schema is None:
         schema = _schema_for(declared, source)
@@ -724,8 +792,25 @@ def recipe_to_dict(recipe: Any) -> Any:
     return recipe
 
 
+# `${` with the backslashes before it: OmegaConf reads `\${` as a literal `${` and `\\` before it as `\`.
+_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
+
+
+def _escape_interpolations(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _escape_interpolations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_interpolations(v) for v in value]
+    if isinstance(value, str):
+        return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", value)
+    return value
+
+
 def dump_recipe(recipe: Any) -> str:
-    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    """The resolved recipe as YAML that :func:`load_recipe` reads back to the same values: its
+    strings are literals now, so a ``${`` in them (one written ``\\${``) is escaped again instead of
+    being resolved a second time (``recipe.yaml`` is published next to a model and loaded again)."""
+    return yaml.safe_dump(_escape_interpolations(recipe_to_dict(recipe)), sort_keys=False)
 
 
 def flatten_recipe(recipe: Any, prefix: str = "") -> dict[str, int | float | str | bool]:

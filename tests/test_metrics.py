@@ -116,6 +116,67 @@ def test_fast_bootstrap_kernels_equal_sklearn_and_ci_brackets_point():
         assert low < point[name] < high and high - low < 0.2
 
 
+def _reference_bootstrap(y_true, y_score, num_resamples, seed, confidence=0.95):
+    """The percentile bootstrap written out with scikit-learn's ranking metrics, drawing records as
+    scipy.stats.bootstrap does (one ``rng.integers(0, N, N)`` row per resample); resamples without
+    a class that has both label values are skipped. Returns the intervals and the skipped count."""
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    samples, skipped = [], 0
+    for _ in range(num_resamples):
+        index = rng.integers(0, n, n)
+        labels, scores = y_true[index], y_score[index]
+        keep = np.flatnonzero((labels.sum(0) > 0) & (labels.sum(0) < n))
+        if keep.size == 0:
+            skipped += 1
+            continue
+        samples.append(
+            [
+                np.mean([roc_auc_score(labels[:, c], scores[:, c]) for c in keep]),
+                np.mean([average_precision_score(labels[:, c], scores[:, c]) for c in keep]),
+                fmax_score(labels, scores)[0],
+            ]
+        )
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(np.array(samples), [alpha, 1 - alpha], axis=0)
+    return {name: [low[i], high[i]] for i, name in enumerate(("macro_auroc", "macro_auprc", "fmax"))}, skipped
+
+
+def test_scipy_bootstrap_equals_the_written_out_percentile_bootstrap():
+    y_true, y_score = _fixed_example(num_records=120)
+    ci = bootstrap_confidence_intervals(y_true, y_score, num_resamples=60, confidence=0.9, seed=7)
+    expected, skipped = _reference_bootstrap(y_true, y_score, 60, seed=7, confidence=0.9)
+    assert skipped == 0 and set(ci) == set(expected)
+    for name in expected:
+        assert ci[name] == pytest.approx(expected[name], abs=1e-12), name
+    assert ci != bootstrap_confidence_intervals(y_true, y_score, num_resamples=60, confidence=0.9, seed=8)
+
+
+def test_bootstrap_skips_resamples_where_no_class_has_both_label_values():
+    # One defined class with a single positive among 8 records: about a third of the resamples miss
+    # it and have no macro AUROC. They are left out of all three intervals (scipy alone would give NaN).
+    rng = np.random.default_rng(3)
+    y_true = np.zeros((8, 2), dtype=int)
+    y_true[2, 0] = 1
+    y_score = np.round(rng.random((8, 2)), 2)
+    ci = bootstrap_confidence_intervals(y_true, y_score, num_resamples=200, seed=1)
+    expected, skipped = _reference_bootstrap(y_true, y_score, 200, seed=1)
+    assert 40 < skipped < 110
+    for name in expected:
+        assert ci[name] == pytest.approx(expected[name], abs=1e-12), name
+        assert np.isfinite(ci[name]).all() and ci[name][0] <= ci[name][1]
+    assert bootstrap_confidence_intervals(np.zeros((8, 2), dtype=int), y_score, num_resamples=20) == {}
+
+
+def test_bootstrap_rejects_bad_settings():
+    y_true, y_score = _fixed_example(num_records=40)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="num_resamples"):
+            bootstrap_confidence_intervals(y_true, y_score, num_resamples=bad)
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_confidence_intervals(y_true, y_score, num_resamples=10, confidence=95)
+
+
 def test_val_tuned_f1_thresholds():
     y_true, y_score = _fixed_example()
     grid = np.linspace(0, 1, 21)

@@ -4,6 +4,7 @@ overrides fail with an error naming the key."""
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from ecg_hub.recipe import (
     Component,
     RecipeError,
     apply_overrides,
+    dump_recipe,
     instantiate,
     load_recipe,
     read_yaml,
+    recipe_to_dict,
     resolve_recipe_path,
     validate_recipe_file,
 )
@@ -157,16 +160,23 @@ def test_errors_in_files_name_the_file_and_key(tmp_path):
         resolve_recipe_path("ecg_jepa/no_such_recipe")
 
 
+def scheduler_factory_node() -> dict:
+    return {"_component_": "ecg_hub.training.optim.build_lr_scheduler", "_partial_": True}
+
+
 def test_instantiate_builds_nested_components_and_partials():
     node = {
         "_component_": "torch.nn.Sequential",
         "_partial_": False,
     }
     assert type(instantiate(node)).__name__ == "Sequential"
-    scheduler_factory = instantiate(
-        {"_component_": "ecg_hub.training.optim.build_lr_scheduler", "_partial_": True, "name": "constant"}
-    )
+    scheduler_factory = instantiate({**scheduler_factory_node(), "name": "constant"})
     assert isinstance(scheduler_factory, functools.partial)
+    # An OmegaConf node is built from its resolved values.
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.create({"kind": "constant", "node": {**scheduler_factory_node(), "name": "${kind}"}})
+    assert instantiate(tree.node).keywords == {"name": "constant"}
     recipe = load_recipe(
         TINY, ["model.config.hidden_size=32", "model.config.num_attention_heads=2"], schema=PretrainRecipe
     )
@@ -188,3 +198,90 @@ def test_cli_prints_the_resolved_recipe_and_rejects_unknown_keys(capsys):
     assert printed["training"]["resume_from_checkpoint"] == "latest"
     with pytest.raises(SystemExit, match="unknown key 'training.max_stepz'"):
         main(["pretrain", "ecg_jepa/pretrain_tiny", "training.max_stepz=3"])
+
+
+def test_an_override_replaces_a_component_instead_of_merging_into_it():
+    """OmegaConf's dotlist (and Hydra) would merge the new mapping into the old one, so the new
+    component would inherit ``num_records`` and ``seed`` of the synthetic dataset it replaces."""
+    recipe = load_recipe(TINY, ["dataset={_component_: datasets.load_from_disk, dataset_path: /data/ecgs}"])
+    assert recipe.dataset == {"_component_": "datasets.load_from_disk", "dataset_path": "/data/ecgs"}
+    finetune = load_recipe("finetune/ptbxl", ["model.pretrained=runs/other/model"])
+    assert finetune.preprocessor["pretrained"] == "runs/other/model"  # ${model.pretrained}, after overrides
+
+
+def test_interpolation_is_omegaconfs_relative_escaped_and_typed(tmp_path):
+    data = read_yaml(TINY)
+    data["tracking"]["project_name"] = "${.log_with.0}-${..seed}"  # a sibling, and one level up
+    data["data"]["batch_size"] = "${model.config.num_attention_heads}"  # a whole reference keeps the int
+    data["output_dir"] = r"runs/\${not_a_reference}"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    recipe = load_recipe(path)
+    assert recipe.tracking.project_name == "tensorboard-0"
+    assert recipe.data.batch_size == 4 and isinstance(recipe.data.batch_size, int)
+    assert recipe.output_dir == "runs/${not_a_reference}"
+    # The dump (recipe.yaml next to a model) reads back to the same recipe: the literal stays literal.
+    (tmp_path / "dumped.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
+    assert recipe_to_dict(load_recipe(tmp_path / "dumped.yaml")) == recipe_to_dict(recipe)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "tracking.project_name=${oc.env:HOME}",
+            r"'tracking\.project_name': \$\{oc\.env:HOME\} calls the resolver 'oc\.env'",
+        ),
+        # nested and quoted resolver calls are found in OmegaConf's parse tree
+        ("tracking.project_name=${training.${oc.env:HOME}}", "resolver 'oc.env'"),
+        ("tracking.project_name=x${oc.select:'${oc.env:HOME}'}", "resolver 'oc.select'"),
+        ("tracking.project_name=${oc.decode:'${seed}'}", "resolver 'oc.decode'"),
+    ],
+)
+def test_an_untrusted_recipe_may_not_call_resolvers(override, message):
+    with pytest.raises(RecipeError, match=rf"pretrain_tiny\.yaml: .*{message}.*--trust-recipe"):
+        load_recipe(TINY, [override])
+
+
+def test_a_trusted_recipe_may_read_the_environment(monkeypatch):
+    monkeypatch.setenv("ECG_HUB_TEST_PROJECT", "from-the-environment")
+    recipe = load_recipe(TINY, ["tracking.project_name=${oc.env:ECG_HUB_TEST_PROJECT}"], trust=True)
+    assert recipe.tracking.project_name == "from-the-environment"
+
+
+def test_yaml_and_interpolation_errors_name_the_file_and_key(tmp_path):
+    text = TINY.read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("seed: 0\n", "seed: 0\nseed: 1\n", 1), encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"(?s)bad\.yaml: not valid YAML.*duplicate key seed"):
+        load_recipe(bad)  # PyYAML alone would keep the last value silently
+    for value, message in [
+        ("x${oops", r"'tracking\.project_name': not a valid interpolation"),
+        ("${training.max_stepz}", r"'tracking\.project_name': Interpolation key 'training\.max_stepz'"),
+        ("${tracking.project_name}", r"'tracking\.project_name': Recursive interpolation"),
+        ("???", r"'tracking\.project_name': is missing \(its value is \?\?\?\)"),
+    ]:
+        bad.write_text(text.replace("project_name: ecg_jepa_tiny", f"project_name: '{value}'", 1), "utf-8")
+        with pytest.raises(RecipeError, match=rf"bad\.yaml: {message}"):
+            load_recipe(bad)
+    bad.write_text("42\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"bad\.yaml: a recipe must be a YAML mapping, got int"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed.x=1", "'seed' is not a mapping"),  # OmegaConf would replace the int by a mapping
+        ("optimizer.lr.x=1", "'optimizer.lr' is not a mapping"),
+        # OmegaConf would write through the interpolation into model.pretrained
+        ("preprocessor.pretrained.x=1", "'preprocessor.pretrained' is an interpolation"),
+        ("optimizer.betas[0]=0.5", "malformed key"),  # one key syntax: dotted names
+        ("~optimizer.no_such_key", "key 'optimizer.no_such_key' is not in the"),
+        ("tracking.project_name=${oops", "not a valid interpolation"),
+    ],
+)
+def test_override_paths_are_checked_before_omegaconf_writes_them(override, message):
+    recipe = "finetune/ptbxl" if override.startswith("preprocessor.") else TINY
+    with pytest.raises(RecipeError, match=f"override {re.escape(repr(override))}: .*{re.escape(message)}"):
+        load_recipe(recipe, [override])

@@ -2,9 +2,10 @@
 
 Library choice: ``evaluate.load("roc_auc")`` needs the Hugging Face Hub (its metric scripts live
 there), so it fails offline. Every metric here is computed with **scikit-learn**
-(``roc_auc_score``, ``average_precision_score``, ``f1_score``) on NumPy arrays. The bootstrap uses
-NumPy re-implementations of the same two ranking metrics because 1000 resamples x C classes of
-scikit-learn calls is too slow; ``tests/test_metrics.py`` checks they equal scikit-learn's.
+(``roc_auc_score``, ``average_precision_score``, ``f1_score``) on NumPy arrays. The bootstrap
+intervals are ``scipy.stats.bootstrap``'s; the statistic it resamples uses NumPy re-implementations
+of the same two ranking metrics because 1000 resamples x C classes of scikit-learn calls is too
+slow; ``tests/test_metrics.py`` checks they equal scikit-learn's.
 
 Conventions
 -----------
@@ -30,6 +31,7 @@ with thresholds tuned on validation (``tune_f1_thresholds``) is the honest thres
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -255,37 +257,69 @@ def bootstrap_confidence_intervals(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals for macro AUROC, macro AUPRC and Fmax.
+    """Percentile bootstrap intervals for macro AUROC, macro AUPRC and Fmax (``scipy.stats.bootstrap``).
 
-    Records are resampled with replacement ``num_resamples`` times (``numpy.random.default_rng(seed)``);
-    in each resample the macro averages use the classes with both positives and negatives there.
+    Records are resampled with replacement ``num_resamples`` times (``numpy.random.default_rng(seed)``),
+    each record's labels and scores together: scipy resamples the record index, which is what its
+    ``paired=True`` does inside; handing it the index directly indexes the (N, C) matrices once per
+    resample instead of broadcasting them to (C, resamples, N). In each resample the macro averages
+    use the classes with both positives and negatives there. A resample where no class has both
+    (only on tiny test sets) has no macro AUROC: the statistic is NaN there, and, as before the port
+    to scipy, such resamples are left out of all three intervals (scipy's own percentile step would
+    make the whole interval NaN); a metric none of the resamples defines is left out.
+
+    The percentile method, not scipy's default BCa: BCa's jackknife scores the metrics once more per
+    record (N more evaluations of every metric on top of ``num_resamples``), and a leave-one-out
+    set that loses a class's only positive changes which classes the macro average covers.
 
     Returns:
         ``{"macro_auroc": [low, high], "macro_auprc": [...], "fmax": [...]}``.
     """
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
     y_true, y_score = _check_inputs(y_true, y_score)
-    rng = np.random.default_rng(seed)
-    num_records, _num_classes = y_true.shape
-    samples = {name: [] for name in HEADLINE_METRICS}
-    for _ in range(num_resamples):
-        index = rng.integers(0, num_records, num_records)
+    whole = isinstance(num_resamples, (int, np.integer)) and not isinstance(num_resamples, bool)
+    if not whole or num_resamples < 1:
+        raise ValueError(f"num_resamples: expected a positive integer, got {num_resamples!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence: expected a level in (0, 1), got {confidence!r}")
+
+    def statistic(index: np.ndarray) -> np.ndarray:
         labels, scores = y_true[index], y_score[index]
-        defined = defined_classes(labels)
-        if not defined.any():
-            continue
-        samples["macro_auroc"].append(
-            np.mean([_rank_auroc(labels[:, c], scores[:, c]) for c in np.flatnonzero(defined)])
+        defined = np.flatnonzero(defined_classes(labels))
+        if defined.size == 0:
+            return np.full(len(HEADLINE_METRICS), np.nan)
+        return np.array(
+            [
+                np.mean([_rank_auroc(labels[:, c], scores[:, c]) for c in defined]),
+                np.mean([_step_average_precision(labels[:, c], scores[:, c]) for c in defined]),
+                fmax_score(labels, scores)[0],  # a defined class has a positive, so Fmax is defined
+            ]
         )
-        samples["macro_auprc"].append(
-            np.mean([_step_average_precision(labels[:, c], scores[:, c]) for c in np.flatnonzero(defined)])
+
+    with warnings.catch_warnings():
+        # NaN resamples make scipy's interval NaN and warn; they are handled below.
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        result = bootstrap(
+            (np.arange(y_true.shape[0]),),
+            statistic,
+            n_resamples=int(num_resamples),
+            batch=100,  # resampled indices in memory: batch x N
+            vectorized=False,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
         )
-        samples["fmax"].append(fmax_score(labels, scores)[0])
-    alpha = (1.0 - confidence) / 2
-    return {
-        name: [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
-        for name, values in samples.items()
-        if values
-    }
+    distribution = np.asarray(result.bootstrap_distribution)  # (metrics, resamples)
+    low, high = result.confidence_interval
+    defined = ~np.isnan(distribution[0])  # the three metrics are NaN in the same resamples
+    if not defined.any():
+        return {}
+    if not defined.all():
+        # scipy's percentile step on the defined resamples: its quantile method is NumPy's "linear".
+        alpha = (1.0 - confidence) / 2
+        low, high = np.quantile(distribution[:, defined], [alpha, 1.0 - alpha], axis=1)
+    return {name: [float(low[i]), float(high[i])] for i, name in enumerate(HEADLINE_METRICS)}
 
 
 # --- Trainer glue -----------------------------------------------------------------------------

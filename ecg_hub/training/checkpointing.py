@@ -14,6 +14,27 @@ replaced, missing) is never loaded; ``--resume`` falls back to the newest one th
 a warning. A folder without the manifest was not written by ecg-hub (or by an older version): its
 optimizer and random states are pickles, so loading it could run code from whoever wrote it, and it
 is refused unless the user says it is trusted (``--trust-checkpoint``).
+
+Naming and rotation are ecg-hub's, not Accelerate's ``ProjectConfiguration(automatic_checkpoint_naming=True,
+total_limit=N)``, whose ``save_state()`` (read in accelerate 1.16, ``Accelerator.save_state``)
+does not give these guarantees:
+
+- it names folders ``checkpoint_<i>`` by a save counter (``project_configuration.iteration``), not
+  by the optimizer step; ``load_state()`` does not restore the counter, so after a resume the next
+  save raises because ``checkpoint_0`` exists, or, once rotation removed it, writes a folder that
+  sorts as the oldest and is the next to be deleted (here a rewritten step replaces its folder);
+- it deletes the oldest folders to make room *before* writing the new one, and writes in place: a
+  crash during that save leaves one checkpoint fewer plus a partial folder (measured: with
+  ``total_limit=2``, a save failing with ENOSPC left ``checkpoint_1`` and an empty ``checkpoint_2``;
+  with ``total_limit=1`` nothing resumable is left). Here the new checkpoint is written under a
+  temporary name, checksummed, renamed, and only then are old ones removed;
+- it counts and sorts every entry of ``checkpoints/`` by the first number in its name (a temporary
+  or foreign folder is deleted or breaks the sort), and ``load_state()`` without a folder takes the
+  highest-numbered one, verified or not, where a resume here takes the newest that matches its
+  manifest.
+
+What Accelerate does write, ``save_state(folder)`` / ``load_state(folder)`` with an explicit folder,
+is used as it is.
 """
 
 from __future__ import annotations
