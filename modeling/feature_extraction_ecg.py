@@ -38,7 +38,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy import signal as scipy_signal
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 
@@ -71,6 +70,14 @@ _OUTPUT_HEADROOM = 1024.0
 # ----------------------------------------------------------------------------------------------
 # Pure signal functions. Each takes and returns (leads, samples) arrays.
 # ----------------------------------------------------------------------------------------------
+
+
+def _scipy_signal():
+    """``scipy.signal``, imported on first use: it costs about half a second, and ``import ecg_hub``
+    (which imports this module to register the extractor) should not pay it."""
+    from scipy import signal
+
+    return signal
 
 
 def exact_rate(rate: float) -> Fraction:
@@ -125,11 +132,11 @@ def resample(signal: np.ndarray, source_rate: float, target_rate: float, method:
             f"{float(target_rate):g} Hz; expected at least 1 sample (the record is too short)"
         )
     if method == "fft":
-        return scipy_signal.resample(signal, num, axis=-1)
+        return _scipy_signal().resample(signal, num, axis=-1)
     ratio = exact_rate(target_rate) / exact_rate(source_rate)
     if max(ratio.numerator, ratio.denominator) > _MAX_POLYPHASE_FACTOR:
         ratio = _bounded_ratio(ratio, _MAX_POLYPHASE_FACTOR)
-    out = scipy_signal.resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
+    out = _scipy_signal().resample_poly(signal, ratio.numerator, ratio.denominator, axis=-1)
     if out.shape[-1] > num:  # only with an approximated ratio (a length error of ~1e-10 relative)
         out = out[..., :num]
     elif out.shape[-1] < num:
@@ -139,7 +146,7 @@ def resample(signal: np.ndarray, source_rate: float, target_rate: float, method:
 
 @lru_cache(maxsize=32)
 def _butter_sos(low_hz: float, high_hz: float, order: int, sampling_rate: float) -> np.ndarray:
-    return scipy_signal.butter(order, [low_hz, high_hz], btype="bandpass", fs=sampling_rate, output="sos")
+    return _scipy_signal().butter(order, [low_hz, high_hz], btype="bandpass", fs=sampling_rate, output="sos")
 
 
 def bandpass(signal: np.ndarray, low_hz: float, high_hz: float, order: int, sampling_rate: float) -> np.ndarray:
@@ -153,7 +160,7 @@ def bandpass(signal: np.ndarray, low_hz: float, high_hz: float, order: int, samp
     # sosfiltfilt needs more samples than its padding (3 x the filter length); shorter records
     # are padded less rather than rejected.
     padlen = min(3 * (2 * len(sos) + 1), signal.shape[-1] - 1)
-    return scipy_signal.sosfiltfilt(sos, signal, axis=-1, padlen=padlen)
+    return _scipy_signal().sosfiltfilt(sos, signal, axis=-1, padlen=padlen)
 
 
 def normalize(signal: np.ndarray, method: str, lead_present: np.ndarray | None = None, eps: float = 1e-8) -> np.ndarray:

@@ -184,3 +184,68 @@ def test_existing_output_needs_overwrite(ptbxl_root, tmp_path):
     result = prepare_ptbxl(ptbxl_root, out, limit=5, progress=False, overwrite=True)
     assert len(result.dataset) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["once"]
+
+
+def test_missing_files_of_a_subset_are_counted_once_not_listed(ptbxl_root, tmp_path, capsys):
+    """The shared subset at 500 Hz: 1,299 of the 1,787 listed records have no records500 file. The
+    console gets one count line and the first five files; the summary JSON keeps every one."""
+    database = pd.read_csv(ptbxl_root / "ptbxl_database.csv")
+    absent = [int(i) for i, name in zip(database["ecg_id"], database["filename_hr"])
+              if not (ptbxl_root / f"{name}.hea").exists()]
+    assert len(absent) == 1299  # the records500 folder holds ecg_id <= 500 only
+    out = tmp_path / "hr"
+    assert cli_main(["data", "prepare", "ptbxl", "--root", str(ptbxl_root), "--out", str(out),
+                     "--sampling-rate", "500", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert len(lines) < 25, printed[:3000]
+    assert "488 records written" in lines[0] and "1299 skipped" in lines[0]
+    assert "  1299 x field 'filename_hr' file <file> not found on disk" in lines
+    # Each named file appears once: five of them, on their own record line.
+    named = [line for line in lines if "_hr.hea" in line]
+    assert named == [
+        f"  - {i}: field 'filename_hr' file {ptbxl_root}/records500/00000/{i:05d}_hr.hea not found on disk"
+        for i in absent[:5]
+    ]
+    summary_path = out / "ecg_hub_summary.json"
+    assert f'  ... and 1294 more; all 1299 are listed under "skipped" in {summary_path}' in lines
+    summary = json.loads(summary_path.read_text())
+    assert summary["num_skipped"] == 1299
+    assert [item["record_id"] for item in summary["skipped"]] == [str(i) for i in absent]
+    assert all(item["reason"].endswith("_hr.hea not found on disk") for item in summary["skipped"])
+    # `data show` counts the same reasons: one line, not one per file.
+    assert cli_main(["data", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "1299 x field 'filename_hr' file <file> not found on disk" in shown and "_hr.hea" not in shown
+
+
+def test_summary_groups_skip_reasons_whatever_the_path(tmp_path):
+    """Reasons differing only in a file path (unquoted, quoted, Windows, a bare .mat name) are one
+    kind; other reasons keep their own count. No shared data needed."""
+    from ecg_hub.data.builder import PrepareSummary, SkippedRecord
+
+    def skip(record_id: str, problem: str) -> SkippedRecord:
+        return SkippedRecord(record_id, f"record '{record_id}': field {problem}")
+
+    skipped = [skip(str(i), f"'filename_lr' file /data/records100/{i:05d}_lr.hea not found on disk")
+               for i in range(1, 41)]
+    skipped += [
+        skip("q1", "'header' file '/d/q1.hea' does not exist; expected a WFDB .hea header"),
+        skip("q2", "'header' file 'C:\\d\\q2.hea' does not exist; expected a WFDB .hea header"),
+        skip("m1", "'signal file' m1.mat does not exist next to the header; expected /d/m1.mat"),
+        skip("t1", "'signal' has 400 samples; expected 5000 as the header says (truncated file?)"),
+    ]
+    out_dir = tmp_path / "ds"
+    summary = PrepareSummary(source="test", out_dir=str(out_dir), skipped=skipped, num_skipped=len(skipped))
+    assert summary.skip_reasons() == {
+        "field 'filename_lr' file <file> not found on disk": 40,
+        "field 'header' file <file> does not exist": 2,
+        "field 'signal file' <file> does not exist next to the header": 1,
+        "field 'signal' has 400 samples": 1,
+    }
+    lines = summary.format().splitlines()
+    assert lines[lines.index("skipped 44 records:") + 5:] == [
+        *(f"  - {i}: field 'filename_lr' file /data/records100/{i:05d}_lr.hea not found on disk"
+          for i in range(1, 6)),
+        f'  ... and 39 more; all 44 are listed under "skipped" in {out_dir / "ecg_hub_summary.json"}',
+    ]

@@ -1,6 +1,6 @@
-"""``ecg-hub convert <family> SRC OUT``: turn an official release checkpoint into a ``save_pretrained``
-folder (safetensors weights, config, feature extractor) that ``AutoModel.from_pretrained`` loads after
-``import ecg_hub``. Each family's converter lives next to its model code in ``ecg_hub.modeling``."""
+"""`ecg-hub convert <family> SRC OUT`: turn an official release checkpoint into a save_pretrained
+folder (safetensors weights, config, feature extractor) that AutoModel.from_pretrained loads after
+`import ecg_hub`. Each family's converter lives next to its model code in ecg_hub.modeling."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ecg-hub data``: prepare ECG datasets as Hugging Face Arrow datasets, and look at them.
+"""`ecg-hub data`: prepare ECG datasets as Hugging Face Arrow datasets, and look at them.
 
     ecg-hub data prepare ptbxl --root PTBXL_DIR --out DIR [--sampling-rate 100|500] [--split folds|merl --merl-task super_class]
     ecg-hub data prepare cinc --root CINC_DIR --out DIR [--mapping dx_mapping_unscored.csv]
@@ -7,13 +7,14 @@
     ecg-hub data prepare synthetic --out DIR [--num-records 1000 --seed 0]
     ecg-hub data show DIR [--plot out.png] [--index 0 | --record-id ID]
 
-``prepare`` prints a summary (records, label counts, records kept with masked leads, skipped records
-with reasons); the summary is also saved as ``ecg_hub_summary.json`` in the dataset folder. Open a
-prepared dataset with ``datasets.load_from_disk(DIR)``.
+`ecg-hub data prepare` prints a summary: records, label counts, records kept with masked leads, and
+skipped records counted by reason with the first few named. The full summary, every skipped record
+with its reason included, is saved as ecg_hub_summary.json in the dataset folder. Open a prepared
+dataset with `datasets.load_from_disk(DIR)`.
 
 A flat, clipped or absent lead does not cost the record: the lead is zeroed and listed in the
-``masked_leads`` / ``masked_lead_reasons`` columns, and models see it as missing (``lead_mask`` 0).
-``--drop-records-with-bad-leads`` skips such records instead, as before lead masking. Records too
+masked_leads / masked_lead_reasons columns, and models see it as missing (lead_mask 0).
+--drop-records-with-bad-leads skips such records instead, as before lead masking. Records too
 broken to use (truncated, NaN, wrong units, no usable lead) are always skipped and listed.
 """
 
@@ -62,6 +63,11 @@ def _checks(args: argparse.Namespace, **overrides):
     )
 
 
+# The help of the options the random-split sources (cinc, code15, folder) share.
+_SPLIT_FRACTIONS_HELP = "train,validation,test shares of the patients (default 0.8,0.1,0.1)"
+_SPLIT_SEED_HELP = "seed of the random patient-level split (default 42)"
+
+
 def _fractions(text: str) -> tuple[float, float, float]:
     parts = [float(p) for p in text.split(",")]
     if len(parts) != 3:
@@ -100,40 +106,50 @@ def register(subparsers) -> None:
     cinc.add_argument("--mapping", type=Path, action="append", default=[],
                       help="extra SNOMED-CT name table (CSV with Dx, SNOMEDCTCode[, Abbreviation]); repeatable")
     cinc.add_argument("--weights", type=Path, default=None, help="Challenge 2021 weights CSV (defines dx_scored)")
-    cinc.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1), help="train,validation,test")
-    cinc.add_argument("--split-seed", type=int, default=42)
-    cinc.add_argument("--limit", type=int, default=None)
+    cinc.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1),
+                      help=_SPLIT_FRACTIONS_HELP)
+    cinc.add_argument("--split-seed", type=int, default=42, help=_SPLIT_SEED_HELP)
+    cinc.add_argument("--limit", type=int, default=None,
+                      help="only the first N records, sorted by path (quick tries)")
     _add_checks(cinc)
     cinc.set_defaults(func=_prepare_cinc)
 
     code15 = sources.add_parser("code15", help="CODE-15%% MATLAB packaging (meta.csv, labels.csv, records/*.mat)")
     _add_common(code15)
-    code15.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1))
-    code15.add_argument("--split-seed", type=int, default=42)
-    code15.add_argument("--limit", type=int, default=None)
+    code15.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1),
+                        help=_SPLIT_FRACTIONS_HELP)
+    code15.add_argument("--split-seed", type=int, default=42, help=_SPLIT_SEED_HELP)
+    code15.add_argument("--limit", type=int, default=None,
+                        help="only the first N exams of meta.csv (quick tries)")
     _add_checks(code15)
     code15.set_defaults(func=_prepare_code15)
 
     folder = sources.add_parser("folder", help="your WFDB records plus a CSV of labels")
     _add_common(folder)
-    folder.add_argument("--labels", type=Path, required=True, help="labels CSV (see `ecg_hub.data.folder`)")
-    folder.add_argument("--id-column", default="record_id")
+    folder.add_argument("--labels", type=Path, required=True,
+                        help="labels CSV, one row per record: id column, labels, optional patient_id/split/"
+                             "fold/report/age/sex (format: the ecg_hub.data.folder module docs)")
+    folder.add_argument("--id-column", default="record_id",
+                        help="labels CSV column naming each record: its path under --root without extension, "
+                             "or its file stem when unique (default record_id)")
     folder.add_argument("--label-column", default="labels", help="column of ';'-separated class names")
     folder.add_argument("--label-columns", default=None, help="comma-separated 0/1 class columns instead")
     folder.add_argument("--label-set", default="labels", help="name of the dataset's label column")
     folder.add_argument("--sampling-rate", type=int, default=None, help="require this sampling rate (Hz)")
     folder.add_argument("--leads", default="12", help="required leads: '12' (default), 'any', or a comma list")
-    folder.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1))
-    folder.add_argument("--split-seed", type=int, default=42)
+    folder.add_argument("--split-fractions", type=_fractions, default=(0.8, 0.1, 0.1),
+                        help=_SPLIT_FRACTIONS_HELP)
+    folder.add_argument("--split-seed", type=int, default=42, help=_SPLIT_SEED_HELP)
     _add_checks(folder)
     folder.set_defaults(func=_prepare_folder)
 
     synthetic = sources.add_parser("synthetic", help="synthetic 12-lead ECGs with rhythm labels and reports")
     _add_common(synthetic, needs_root=False)
-    synthetic.add_argument("--num-records", type=int, default=1000)
-    synthetic.add_argument("--seed", type=int, default=0)
-    synthetic.add_argument("--sampling-rate", type=int, default=500)
-    synthetic.add_argument("--duration", type=float, default=10.0, help="seconds per record")
+    synthetic.add_argument("--num-records", type=int, default=1000, help="records to generate (default 1000)")
+    synthetic.add_argument("--seed", type=int, default=0,
+                           help="seed of the generator: same seed, same records (default 0)")
+    synthetic.add_argument("--sampling-rate", type=int, default=500, help="Hz (default 500)")
+    synthetic.add_argument("--duration", type=float, default=10.0, help="seconds per record (default 10)")
     synthetic.add_argument("--no-noise", action="store_true", help="clean signals (no wander, hum, muscle noise)")
     synthetic.set_defaults(func=_prepare_synthetic)
 

@@ -1,20 +1,20 @@
-"""``ecg-hub embed MODEL (--dataset D | --folder WFDB_DIR) --out embeddings.parquet``.
+"""`ecg-hub embed MODEL (--dataset D | --folder WFDB_DIR) --out embeddings.parquet`.
 
-One embedding per ECG, as the ``ecg-feature-extraction`` pipeline computes it, for a whole dataset
+One embedding per ECG, as the ecg-feature-extraction pipeline computes it, for a whole dataset
 or a folder of WFDB records, streamed in batches (a progress bar with ECG/s), written as Parquet:
-``record_id``, ``source_index``, ``embedding`` (float32, fixed width), the run's metadata (model,
-weights hash, feature extractor, embedding kind, dtype and why) in the schema metadata under
-``ecg_hub``. Records that cannot be read or preprocessed are listed with the reason in
-``OUT.skipped.json`` and on the console; the others are written.
+record_id, source_index, embedding (float32, fixed width), the run's metadata (model,
+weights hash, feature extractor, embedding kind, dtype and why) in the schema metadata under the
+key ecg_hub. Records that cannot be read or preprocessed are listed with the reason in
+OUT.skipped.json and on the console; the others are written.
 
-An interrupted run leaves ``OUT.partial/``: run the same command again to continue where it
+An interrupted run leaves OUT.partial/: run the same command again to continue where it
 stopped. Several processes share the work:
 
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m ecg_hub embed MODEL --dataset D --out E.parquet
     accelerate launch --num_processes 8 -m ecg_hub embed MODEL --dataset D --out E.parquet     # GPUs
 
-Read it back with ``pyarrow.parquet.read_table(OUT)`` or ``pandas.read_parquet(OUT)``; the
-embeddings as one array: ``numpy.stack(table["embedding"].to_numpy(zero_copy_only=False))``.
+Read it back with `pyarrow.parquet.read_table(OUT)` or `pandas.read_parquet(OUT)`; the
+embeddings as one array: `numpy.stack(table["embedding"].to_numpy(zero_copy_only=False))`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``ecg-hub evaluate MODEL_OR_DIR --dataset DIR --labels superclass --protocol linear-probe``.
+"""`ecg-hub evaluate MODEL_OR_DIR --dataset DIR --labels superclass --protocol linear-probe`.
 
 Runs the ecg-hub evaluation protocol (linear probe, fine-tune and/or zero-shot; label fractions
 1 %, 10 %, 100 %; seeds 42, 43, 44 below 100 %; selection on validation only; test scored once),

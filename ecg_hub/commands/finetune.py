@@ -1,10 +1,10 @@
-"""``ecg-hub finetune RECIPE [key=value ...]``: Trainer fine-tuning from a recipe.
+"""`ecg-hub finetune RECIPE [key=value ...]`: Trainer fine-tuning from a recipe.
 
-RECIPE is a YAML file or a packaged recipe name (``finetune/ptbxl``, model-agnostic: ``model.pretrained=DIR data.label_column=rhythm``); overrides
-use dotted keys, parsed as YAML (``training.num_train_epochs=5 data.fraction=0.1``). The best
+RECIPE is a YAML file or a packaged recipe name (finetune/ptbxl, model-agnostic:
+`model.pretrained=DIR data.label_column=rhythm`); overrides use dotted keys, parsed as YAML (`training.num_train_epochs=5 data.fraction=0.1`). The best
 checkpoint is chosen on validation macro AUROC; the test split is scored once, with it. The best
-model and its feature extractor are saved to ``OUTPUT_DIR/best``, the metrics to
-``OUTPUT_DIR/results.json`` (the results-JSON schema of ``ecg-hub evaluate``).
+model and its feature extractor are saved to OUTPUT_DIR/best, the metrics to
+OUTPUT_DIR/results.json (the results-JSON schema of `ecg-hub evaluate`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,23 @@
-"""``ecg-hub predict MODEL (--dataset D | --folder DIR) --out predictions.csv``.
+"""`ecg-hub predict MODEL (--dataset D | --folder DIR) --out predictions.csv`.
 
 Per-class scores and labels for every ECG of a dataset or a folder of WFDB records, as CSV:
-``record_id``, ``source_index``, ``score_<class>`` per class, ``predicted_labels`` (classes
-with a score >= ``--threshold``, ``;``-separated) and ``top_label``. The run's metadata (model,
-classes, scoring, threshold, dtype and why) goes to ``OUT.meta.json``, records that cannot be
-read or preprocessed to ``OUT.skipped.json`` (and the console).
+record_id, source_index, score_<class> per class, predicted_labels (classes
+with a score >= --threshold, `;`-separated) and top_label. The run's metadata (model,
+classes, scoring, threshold, dtype and why) goes to OUT.meta.json, records that cannot be
+read or preprocessed to OUT.skipped.json (and the console).
 
-- a fine-tuned ``...ForSequenceClassification`` checkpoint: probabilities, sigmoid or softmax by
-  its ``config.problem_type``; classes from ``config.id2label``;
-- a text-aligned model (ETP) with ``--labels NORM,MI,...``: zero-shot, scored as the
-  ``zero-shot-ecg-classification`` pipeline (``--scoring softmax`` by default; ``sigmoid``;
-  ``none`` = cosine), classes described by ``--prompts FILE`` (CKEPE-style JSON ``{class:
-  description}``) or by their names, in the pipeline's prompt templates (or ``--prompt-template``).
+- a fine-tuned ...ForSequenceClassification checkpoint: probabilities, sigmoid or softmax by
+  its config.problem_type; classes from config.id2label;
+- a text-aligned model (ETP) with `--labels NORM,MI,...`: zero-shot, scored as the
+  zero-shot-ecg-classification pipeline (`--scoring softmax` by default; sigmoid;
+  none = cosine), classes described by `--prompts FILE` (CKEPE-style JSON `{class:
+  description}`) or by their names, in the pipeline's prompt templates (or --prompt-template).
 
     ecg-hub predict runs/finetune/best --dataset data/ptbxl --split test --out predictions.csv
     ecg-hub predict runs/etp/model --folder my_records --out zs.csv --labels NORM,MI,STTC,CD,HYP \\
         --prompts CKEPE_prompt.json
 
-Resumable (``OUT.partial/``) and multi-process (``accelerate launch``) as ``ecg-hub embed``.
+Resumable (OUT.partial/) and multi-process (`accelerate launch`) as `ecg-hub embed`.
 """
 
 from __future__ import annotations
@@ -48,8 +48,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="score at or above which a class is predicted (default 0.5)",
+        default=None,
+        help=(
+            "score at or above which a class is predicted (default: the per-class thresholds fine-tuning "
+            "tuned on validation and saved with a classifier, else 0.5)"
+        ),
     )
     parser.add_argument("--labels", type=_labels, default=None, help="zero-shot: comma-separated class names")
     parser.add_argument(

@@ -1,21 +1,21 @@
-"""``ecg-hub pretrain RECIPE [key=value ...]``: self-supervised pretraining from a YAML recipe.
+"""`ecg-hub pretrain RECIPE [key=value ...]`: self-supervised pretraining from a YAML recipe.
 
-RECIPE is a YAML file or a packaged recipe name (``ecg_jepa/pretrain_tiny``). Overrides are
-``key.path=value`` with YAML-typed values (``training.max_steps=100``, ``data.batch_size=32``,
-``optimizer.lr=1e-4``); ``~key.path`` removes a key. One process:
+RECIPE is a YAML file or a packaged recipe name (ecg_jepa/pretrain_tiny). Overrides are
+key.path=value with YAML-typed values (training.max_steps=100, data.batch_size=32,
+optimizer.lr=1e-4); ~key.path removes a key. One process:
 
     ecg-hub pretrain ecg_jepa/pretrain_tiny output_dir=runs/tiny
 
-Several processes (DDP or FSDP, see ``recipes/accelerate/``):
+Several processes (DDP or FSDP, see recipes/accelerate/):
 
     accelerate launch --config_file recipes/accelerate/single_gpu.yaml -m ecg_hub pretrain ecg_jepa/pretrain_base
     ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml \\
         -m ecg_hub pretrain ecg_jepa/pretrain_tiny
 
-Continue a stopped run with ``--resume`` (the newest checkpoint in the output folder whose manifest
-checks out) or ``--resume PATH``. A recipe may name only ecg-hub, torch.optim/torch.nn,
-transformers and datasets components unless ``--trust-recipe`` is given; a checkpoint folder
-without ecg-hub's manifest is refused unless ``--trust-checkpoint`` is given.
+Continue a stopped run with --resume (the newest checkpoint in the output folder whose manifest
+checks out) or `--resume PATH`. A recipe may name only ecg-hub, torch.optim/torch.nn,
+transformers and datasets components unless --trust-recipe is given; a checkpoint folder
+without ecg-hub's manifest is refused unless --trust-checkpoint is given.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
-"""``ecg-hub publish DIR --repo-id org/name``: push a checkpoint folder to the Hugging Face Hub.
+"""`ecg-hub publish DIR --repo-id org/name`: push a checkpoint folder to the Hugging Face Hub.
 
 One commit carries the safetensors weights, the config, the feature extractor or processor config,
-the model code as remote code (``auto_map`` + the ``modeling/`` files + ``requirements.txt``) and a
-model card rendered from ``model_cards/<family>.md``. Evaluation numbers in the card come from the
-results JSON written by ``ecg-hub evaluate`` (``--results``), never from the command line.
+the model code as remote code (auto_map + the modeling/ files + requirements.txt) and a
+model card rendered from model_cards/<family>.md. Evaluation numbers in the card come from the
+results JSON written by `ecg-hub evaluate` (--results), never from the command line.
 
 If anything fails, nothing is committed: the remote branch stays as it was, and the error says which
-step failed. The Hub endpoint is ``HF_ENDPOINT`` (default https://huggingface.co); the token is the
-one saved by ``hf auth login`` or ``HF_TOKEN``.
+step failed. The Hub endpoint is HF_ENDPOINT (default https://huggingface.co); the token is the
+one saved by `hf auth login` or HF_TOKEN.
 """
 
 from __future__ import annotations

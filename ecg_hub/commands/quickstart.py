@@ -1,11 +1,11 @@
-"""``ecg-hub quickstart``: the main job on the bundled default data, end to end on a CPU.
+"""`ecg-hub quickstart`: the main job on the bundled default data, end to end on a CPU.
 
-Synthetic 12-lead ECGs (or ``--data DIR``, a dataset written by ``ecg-hub data prepare``) go
+Synthetic 12-lead ECGs (or `--data DIR`, a dataset written by `ecg-hub data prepare`) go
 through the ECG-JEPA feature extractor in a DataLoader, and a summary is printed. Then a tiny
-ECG-JEPA is pretrained on the training split (recipe ``ecg_jepa/pretrain_tiny``, ``--steps``
+ECG-JEPA is pretrained on the training split (recipe ecg_jepa/pretrain_tiny, --steps
 optimizer steps) and scored with the ecg-hub linear probe (frozen encoder, cached features, head
 selected on validation macro AUROC, test scored once) against the same architecture with random
-weights; the results table is printed and the results JSON written under ``--out``.
+weights; the results table is printed and the results JSON written under --out.
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ def register(subparsers) -> None:
     parser.add_argument("--data", type=Path, default=None, help="a dataset folder from `ecg-hub data prepare`")
     parser.add_argument("--out", type=Path, default=Path("outputs/quickstart"), help="output folder")
     parser.add_argument("--num-records", type=int, default=200, help="synthetic records to generate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic records and of pretraining (default 0)"
+    )
     parser.add_argument("--preset", default="ecg_jepa", help="feature-extractor preset (ecg_jepa, merl, ...)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="records per batch, extraction and probe (default 32)"
+    )
     parser.add_argument("--steps", type=int, default=300, help="ECG-JEPA pretraining optimizer steps (0: skip)")
     parser.add_argument("--labels", default=None, help="label column for the probe (default: rhythm or superclass)")
     parser.add_argument("--fractions", default="0.1,1", help="label fractions of the probe (default 0.1,1)")

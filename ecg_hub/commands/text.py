@@ -1,4 +1,4 @@
-"""``ecg-hub text``: a cardiology text corpus for masked-language-model pretraining of a report encoder.
+"""`ecg-hub text`: a cardiology text corpus for masked-language-model pretraining of a report encoder.
 
     ecg-hub text prepare --out D [--ecg-dataset DIR ...] [--ecg-splits train[,validation]|all]
                          [--text FILE_OR_DIR ...] [--text-field text]
@@ -6,19 +6,19 @@
                          [--tokenizer PATH] [--max-length 512] [--min-words 3]
                          [--validation-fraction 0.05] [--seed 0] [--licence TEXT] [--overwrite]
 
-Sources, any mix: reports of prepared ECG datasets (``ecg-hub data prepare``; the train split only
+Sources, any mix: reports of prepared ECG datasets (`ecg-hub data prepare`; the train split only
 unless --ecg-splits says otherwise, so no validation/test report leaks into text pretraining), text
 files or folders (.txt: one document per non-empty line; .jsonl: the --text-field of each line; .csv:
-the --text-field column, or ``table.csv:COLUMN``), a column of a ``save_to_disk`` folder or cached Hub
-dataset, and CKEPE-style JSON class descriptions (``{"NORM": "normal ECG, ...", ...}``).
+the --text-field column, or `table.csv:COLUMN`), a column of a save_to_disk folder or cached Hub
+dataset, and CKEPE-style JSON class descriptions (`{"NORM": "normal ECG, ...", ...}`).
 
 Texts are whitespace-collapsed; empty texts, texts under --min-words words and duplicates (case-
 insensitive; the first is kept) are dropped and counted. A hash of each document's text and --seed
-holds --validation-fraction of the documents out as ``split="validation"``. Documents longer than
+holds --validation-fraction of the documents out as `split="validation"`. Documents longer than
 --max-length tokens of --tokenizer (special tokens included; default the packaged MiniLM tokenizer)
 are cut into chunks at sentence or word boundaries. The corpus is written atomically to D as a
-``datasets.Dataset`` (columns text, source, document_id, chunk, num_tokens, language, split) with its
-summary in ``ecg_hub_text_summary.json``; open it with ``ecg_hub.data.text_corpus.load_text_corpus(D)``.
+datasets.Dataset (columns text, source, document_id, chunk, num_tokens, language, split) with its
+summary in ecg_hub_text_summary.json; open it with `ecg_hub.data.text_corpus.load_text_corpus(D)`.
 """
 
 from __future__ import annotations

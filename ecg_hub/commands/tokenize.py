@@ -1,19 +1,19 @@
-"""``ecg-hub tokenize DATASET --tokenizer T --out D``: precompute ECG2TOK token ids as a dataset column.
+"""`ecg-hub tokenize DATASET --tokenizer T --out D`: precompute ECG2TOK token ids as a dataset column.
 
     ecg-hub tokenize DATASET --tokenizer T --out D [--column ecg2tok_labels] [--batch-size 16]
                      [--revision R]
 
-Writes a copy of the prepared dataset folder DATASET (``datasets.load_from_disk``; a ``Dataset`` or
-a ``DatasetDict``) to D with one more column: per record, the stage-A tokenizer's ids flattened
-lead-major (``leads * patches``: patch ``p`` of lead ``l`` at ``l * patches + p``), ``-100`` for
+Writes a copy of the prepared dataset folder DATASET (datasets.load_from_disk; a Dataset or
+a DatasetDict) to D with one more column: per record, the stage-A tokenizer's ids flattened
+lead-major (`leads * patches`: patch p of lead l at `l * patches + p`), -100 for
 missing leads and padded time, as int16 (int32 for codebooks over 32767 codes).
 
 The ids are those of the deterministic (non-training) crop of the tokenizer's own feature extractor
-(its ``preprocessor_config.json``), exactly what ``EcgCollator(feature_extractor, training=False)``
-feeds a model; ``EcgCollator(..., token_column=COLUMN)`` then passes them as stage-B ``labels``.
-Random training crops would not match them, so that collator refuses ``training=True``.
+(its preprocessor_config.json), exactly what `EcgCollator(feature_extractor, training=False)`
+feeds a model; `EcgCollator(..., token_column=COLUMN)` then passes them as stage-B labels.
+Random training crops would not match them, so that collator refuses training=True.
 
-Beside the data, ``ecg_hub_tokens.json`` records, per token column, the tokenizer (path or Hub id,
+Beside the data, ecg_hub_tokens.json records, per token column, the tokenizer (path or Hub id,
 the revision asked for and the commit it resolved to), its codebook size and grid, and the feature
 extractor config, so the labels can be regenerated. The copy is written to a temporary folder
 beside D and renamed into place; D must not exist.

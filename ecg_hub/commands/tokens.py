@@ -1,12 +1,12 @@
-"""``ecg-hub tokens show|report``: look at the token ids of an ECG2TOK stage-A tokenizer.
+"""`ecg-hub tokens show|report`: look at the token ids of an ECG2TOK stage-A tokenizer.
 
     ecg-hub tokens show MODEL --dataset DIR --record-id ID --plot tokens.png [--split S]
     ecg-hub tokens report MODEL --dataset DIR [--split train] [--max-records N] [--top K]
                                 [--labels superclass] [--json out.json]
 
-``show`` preprocesses one record with the tokenizer's own feature extractor, encodes it and draws
+`tokens show` preprocesses one record with the tokenizer's own feature extractor, encodes it and draws
 its leads with each patch shaded by the colour of its code (id written above), plus a code-usage
-histogram. ``report`` encodes up to N records and prints, for the K most frequent codes, their
+histogram. `tokens report` encodes up to N records and prints, for the K most frequent codes, their
 count, share, share of patches holding an R peak and shares of P / QRS / T / isoelectric patches
 (neurokit2 on lead II of the preprocessed signal), the most enriched label, and the mutual
 information between code and "patch holds an R peak". Records whose waves cannot be found are
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     show.add_argument("--record-id", required=True, help="record to draw")
     show.add_argument("--plot", required=True, type=Path, help="PNG to write")
     show.add_argument("--split", default=None, help="look for the record in this split only")
-    show.add_argument("--dpi", type=int, default=100)
+    show.add_argument("--dpi", type=int, default=100, help="PNG resolution, dots per inch (default 100)")
     show.set_defaults(func=run_show)
 
     report = sub.add_parser("report", help="what the codes fall on: R peaks, P/QRS/T waves, baseline, labels")
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     report.add_argument("--labels", default=None, help="label column for the most enriched label (e.g. superclass)")
     report.add_argument("--lead", default="II", help="lead the waves are found on (default II)")
     report.add_argument("--method", default="dwt", help="neurokit2.ecg_delineate method (default dwt)")
-    report.add_argument("--batch-size", type=int, default=32)
+    report.add_argument("--batch-size", type=int, default=32, help="records per encode batch (default 32)")
     report.add_argument("--json", type=Path, default=None, help="also write the full report as JSON")
     report.set_defaults(func=run_report)
 

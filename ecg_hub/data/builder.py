@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -113,8 +114,20 @@ class PrepareSummary:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in data.items() if key in known})
 
-    def format(self, max_skipped: int = 10) -> str:
-        """Plain-text summary: records, splits, sampling rates, label counts, skipped records."""
+    @property
+    def summary_path(self) -> str:
+        """The JSON file in the dataset folder that holds this summary, every skipped and masked
+        record included."""
+        return os.path.join(self.out_dir, SUMMARY_FILE)
+
+    def format(self, max_skipped: int = 5) -> str:
+        """Plain-text summary: records, splits, sampling rates, label counts, skipped records.
+
+        Skipped (and masked) records are counted by reason, then the first ``max_skipped`` are
+        named, each once; the rest are only in :attr:`summary_path`. A subset of a corpus (e.g. 488
+        of the 1,787 PTB-XL records of a metadata file on disk) would otherwise print a line per
+        absent file.
+        """
         lines = [
             (f"{self.source}: {self.num_records} records written to {self.out_dir}, {self.num_skipped} skipped "
              f"({self.elapsed_s:.1f} s, {self.records_per_s:.0f} records/s)"),
@@ -137,15 +150,21 @@ class PrepareSummary:
             for item in self.masked[:max_skipped]:
                 lines.append(f"  - {item.record_id}: " + ", ".join(f"{lead} {why}" for lead, why in zip(item.leads, item.reasons)))
             if len(self.masked) > max_skipped:
-                lines.append(f"  ... and {len(self.masked) - max_skipped} more (see {SUMMARY_FILE})")
+                lines.append(
+                    f"  ... and {len(self.masked) - max_skipped} more; all {len(self.masked)} are listed "
+                    f"under \"masked\" in {self.summary_path}"
+                )
         if self.skipped:
-            lines.append(f"skipped {self.num_skipped} records:")
+            lines.append(f"skipped {len(self.skipped)} records:")
             for kind, count in self.skip_reasons().items():
                 lines.append(f"  {count} x {kind}")
             for item in self.skipped[:max_skipped]:
-                lines.append(f"  - {item.record_id}: {item.reason}")
+                lines.append(f"  - {item.record_id}: {_without_record_prefix(item.reason)}")
             if len(self.skipped) > max_skipped:
-                lines.append(f"  ... and {len(self.skipped) - max_skipped} more (see {SUMMARY_FILE})")
+                lines.append(
+                    f"  ... and {len(self.skipped) - max_skipped} more; all {len(self.skipped)} are listed "
+                    f"under \"skipped\" in {self.summary_path}"
+                )
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 
@@ -158,9 +177,23 @@ class PrepareResult:
     summary: PrepareSummary
 
 
+#: A file path inside a skip reason (anything with a path separator, or a name with an ECG file
+#: extension), optionally quoted: `_reason_kind` replaces it by <file> so that one missing-file reason
+#: counts once, not once per file.
+_PATH_IN_REASON = re.compile(
+    r"""(?P<q>['"]?)(?:[^\s'"]*[/\\][^\s'"]*|[^\s'"/\\]+\.(?:hea|mat|dat|h5|hdf5|csv|npy|edf|xml))(?P=q)"""
+)
+
+
+def _without_record_prefix(reason: str) -> str:
+    # "record '501': field ..." -> "field ...": the record id is printed beside it already.
+    return reason.split(": ", 1)[1] if reason.startswith("record ") and ": " in reason else reason
+
+
 def _reason_kind(reason: str) -> str:
-    # "record 'X': field 'signal' has flat lead V4 ..." -> "field 'signal' has flat lead"
-    text = reason.split(": ", 1)[1] if reason.startswith("record ") and ": " in reason else reason
+    # "record 'X': field 'signal' has flat lead V4 ..." -> "field 'signal' has flat lead";
+    # "record '501': field 'filename_hr' file /d/00501_hr.hea not found" -> "... file <file> not found".
+    text = _PATH_IN_REASON.sub("<file>", _without_record_prefix(reason))
     for stop in (" (", ";", " in lead", " lead "):
         index = text.find(stop)
         if index > 0:
