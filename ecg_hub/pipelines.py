@@ -283,6 +283,15 @@ class EcgPipeline(ChunkPipeline):
     """
 
     task_name = "ecg"
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = True
+    _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.feature_extractor is None and self.processor is not None:  # an ECG-text processor's own
+            self.feature_extractor = getattr(self.processor, "feature_extractor", None)
 
     def __call__(self, ecg: Any, **kwargs):
         inputs = _split_batch_input(ecg)
@@ -422,14 +431,11 @@ class ZeroShotEcgClassificationPipeline(EcgPipeline):
 
     task_name = ZERO_SHOT_TASK
     _load_processor = True
-    _load_image_processor = False
     _load_feature_extractor = False
-    _load_tokenizer = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.processor is not None:
-            self.feature_extractor = self.feature_extractor or getattr(self.processor, "feature_extractor", None)
             self.tokenizer = self.tokenizer or getattr(self.processor, "tokenizer", None)
         for method in ("get_ecg_features", "get_text_features"):
             if not hasattr(self.model, method):
@@ -578,15 +584,6 @@ class EcgFeatureExtractionPipeline(EcgPipeline):
     """
 
     task_name = FEATURE_EXTRACTION_TASK
-    _load_processor = False
-    _load_image_processor = False
-    _load_feature_extractor = True
-    _load_tokenizer = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.feature_extractor is None and self.processor is not None:
-            self.feature_extractor = getattr(self.processor, "feature_extractor", None)
 
     def _sanitize_task_parameters(self, embedding=None, normalize=None, return_tensors=None, **kwargs):
         if kwargs:
@@ -667,10 +664,6 @@ class EcgClassificationPipeline(EcgPipeline):
     """
 
     task_name = CLASSIFICATION_TASK
-    _load_processor = False
-    _load_image_processor = False
-    _load_feature_extractor = True
-    _load_tokenizer = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -683,8 +676,6 @@ class EcgClassificationPipeline(EcgPipeline):
                 f"{CLASSIFICATION_TASK} needs a fine-tuned ...ForSequenceClassification; the checkpoint holds "
                 f"{saved} (for an ECG-text model use zero-shot-ecg-classification, for an encoder ecg-hub finetune)"
             )
-        if self.feature_extractor is None and self.processor is not None:
-            self.feature_extractor = getattr(self.processor, "feature_extractor", None)
         self.problem_type, self.class_names = classifier_labels(self.model)
         self.thresholds = classifier_thresholds(self.model, self.class_names)
 
