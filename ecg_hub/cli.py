@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "evaluate",
     "embed",
     "predict",
+    "explain",
     "export",
     "tokens",
     "tokenize",

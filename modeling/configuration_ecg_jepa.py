@@ -47,6 +47,11 @@ class EcgJepaConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         add_position_every_layer: re-add the fixed 2-D sin-cos position table to the input of
             every block, as the official code does (the released weights only reproduce with it);
             ``False`` adds it once after the patch embedding.
+        position_scale: factor on the encoder's sin-cos position table (1 as released). With mV
+            input a 50-sample patch embeds to a norm of about 0.3 while a table row has a norm of
+            about 8, so at 1 the tokens carry almost only their position (ECG-JEPA section of the
+            README); smaller values let short runs see the signal.
+        predictor_position_scale: the same factor on the predictor's time table.
         predictor_hidden_size: token width of the predictor.
         predictor_num_hidden_layers: predictor blocks.
         predictor_num_attention_heads: attention heads of the predictor.
@@ -86,6 +91,8 @@ class EcgJepaConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     drop_path_rate: float | int = 0.1
     attention_pattern: Literal["cropa", "full"] = "cropa"
     add_position_every_layer: bool = True
+    position_scale: float | int = 1.0
+    predictor_position_scale: float | int = 1.0
 
     predictor_hidden_size: int = 384
     predictor_num_hidden_layers: int = 6
@@ -118,6 +125,10 @@ class EcgJepaConfig(RemoteCodeConfigMixin, PreTrainedConfig):
             raise ValueError("EcgJepaConfig: lead_names must name at least one lead")
         if len(set(self.lead_names)) != len(self.lead_names):
             raise ValueError(f"EcgJepaConfig: lead_names has duplicates: {self.lead_names}")
+        for name in ("position_scale", "predictor_position_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")):
+                raise ValueError(f"EcgJepaConfig: {name} must be a finite number >= 0, got {value!r}")
         if self.patch_size < 1 or self.num_samples < self.patch_size or self.num_samples % self.patch_size:
             raise ValueError(
                 f"EcgJepaConfig: num_samples ({self.num_samples}) must be a positive multiple of "

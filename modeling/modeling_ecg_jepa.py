@@ -115,6 +115,7 @@ class EcgJepaPredictor(nn.Module):
         # Predictor positions: the 2-D table with a single "lead" row, i.e. time encoded in the first
         # half of the width and the constant lead-0 code in the second (as the official code builds it).
         table = sincos_position_table(hidden_states.shape[-1], 1, num_patches).to(hidden_states)
+        table = table * self.config.predictor_position_scale
         positions = table[torch.cat([visible_time_ids, masked_time_ids]).to(table.device)][None]
 
         padding_mask = None
@@ -264,7 +265,7 @@ class EcgJepaModel(EcgJepaPreTrainedModel):
 
         embeddings = self.patch_embeddings(input_values)
         table = sincos_position_table(self.config.hidden_size, num_leads, num_patches)
-        position_embeddings = table.to(device=device, dtype=embeddings.dtype)[None]
+        position_embeddings = table.to(device=device, dtype=embeddings.dtype)[None] * self.config.position_scale
         lead_ids = torch.arange(num_leads, device=device).repeat_interleave(num_patches)
         time_ids = torch.arange(num_patches, device=device).repeat(num_leads)
         token_valid = self.token_validity(batch_size, num_patches, attention_mask, lead_mask)

@@ -405,7 +405,12 @@ def test_converter_cli_writes_a_loadable_folder(official, tmp_path):
     torch.save({"encoder": official["encoder_state"], "epoch": 99}, source)
     output = tmp_path / "ecg-jepa-tiny"
     assert cli_main(["convert", "ecg-jepa", str(source), str(output), "--num-attention-heads", "4"]) == 0
-    assert sorted(os.listdir(output)) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    written = sorted(os.listdir(output))
+    assert [name for name in written if not name.endswith(".py")] == [
+        "config.json", "model.safetensors", "preprocessor_config.json"
+    ]
+    # save_pretrained carries the family's code (every class is registered for its Auto class).
+    assert {"modeling_ecg_jepa.py", "configuration_ecg_jepa.py", "feature_extraction_ecg.py"} <= set(written)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".ecg_jepa_convert_")]  # no staging left
 
     model = AutoModel.from_pretrained(output).eval()
@@ -638,3 +643,22 @@ def test_feature_extractor_output_drives_the_model():
     # Padding is invisible: the padded 10-s record gives the features of the unpadded 8-s input.
     torch.testing.assert_close(out.pooler_output[2], shorter.pooler_output[0], atol=1e-5, rtol=0)
     assert (out.pooler_output[0] - out.pooler_output[1]).abs().max() > 1e-3
+
+
+def test_position_scale_zero_removes_the_positions():
+    """position_scale=0 (full attention): the encoder sees a set of patches, so shuffling the time
+    patches of every lead leaves the pooled feature unchanged; at the released scale it does not."""
+    from model_battery import tiny_ecg_jepa_config
+
+    torch.manual_seed(0)
+    signal = torch.randn(1, 8, 500) * 0.3
+    order = torch.randperm(10)
+    shuffled = signal.reshape(1, 8, 10, 50)[:, :, order].reshape(1, 8, 500)
+    for scale, same in ((0.0, True), (1.0, False)):
+        config = tiny_ecg_jepa_config(attention_pattern="full", position_scale=scale, drop_path_rate=0.0)
+        model = EcgJepaModel(config).eval()
+        with torch.no_grad():
+            a, b = model(signal).pooler_output, model(shuffled).pooler_output
+        assert torch.allclose(a, b, atol=1e-5) is same
+    with pytest.raises(Exception, match="position_scale must be a finite number >= 0"):  # strict wraps it
+        tiny_ecg_jepa_config(position_scale=-1.0)

@@ -159,6 +159,11 @@ def register(subparsers) -> None:
     which = show.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, default=0, help="row to plot (default 0)")
     which.add_argument("--record-id", default=None, help="record to plot")
+    show.add_argument(
+        "--label-set",
+        default=None,
+        help="label column whose classes the plot title shows (default: the first label column)",
+    )
     show.set_defaults(func=_show)
 
 
@@ -258,13 +263,19 @@ def _show(args: argparse.Namespace) -> int:
             print(f"error: --index {index} outside 0..{len(dataset) - 1}", file=sys.stderr)
             return 2
     row = dataset.with_format("numpy")[index]
-    title_parts = [f"{row['record_id']}  {int(row['sampling_rate'])} Hz"]
-    for column in label_columns(dataset):
+    columns = label_columns(dataset)
+    if args.label_set is not None and args.label_set not in columns:
+        print(f"error: --label-set {args.label_set!r} is not a label column of {args.dataset}; it has {columns}", file=sys.stderr)
+        return 2
+    column = args.label_set or (columns[0] if columns else None)
+    labels = None
+    if column is not None:  # a short title: the record and one label set, not every column and the report
         names = label_names(dataset, column)
-        title_parts.append(f"{column}: {', '.join(names[int(i)] for i in row[column]) or '-'}")
-    if row.get("report"):
-        title_parts.append(str(row["report"])[:160])
-    path = plot_ecg(row["signal"], int(row["sampling_rate"]), [str(x) for x in row["leads"]], args.plot, title="  |  ".join(title_parts))
+        labels = [f"{column}: " + (", ".join(names[int(i)] for i in row[column]) or "-")]
+    path = plot_ecg(
+        row["signal"], int(row["sampling_rate"]), [str(x) for x in row["leads"]], args.plot,
+        record_id=str(row["record_id"]), labels=labels,
+    )
     print(f"plot of record {row['record_id']} written to {path}")
     return 0
 
