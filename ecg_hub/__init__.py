@@ -48,6 +48,10 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "list_pretrained_checkpoints": "ecg_hub.hub",
     "publish": "ecg_hub.hub",
     "download": "ecg_hub.hub",
+    # explaining and exporting
+    "explain": "ecg_hub.explain",
+    "EcgExplanation": "ecg_hub.explain",
+    "export_onnx": "ecg_hub.export",
     # recipes
     "load_recipe": "ecg_hub.recipe",
     "instantiate": "ecg_hub.recipe",
