@@ -49,7 +49,6 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "publish": "ecg_hub.hub",
     "download": "ecg_hub.hub",
     # explaining and exporting
-    "explain": "ecg_hub.explain",
     "EcgExplanation": "ecg_hub.explain",
     "export_onnx": "ecg_hub.export",
     # recipes

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "embed",
     "predict",
     "explain",
+    "demo",
     "export",
     "tokens",
     "tokenize",
