@@ -51,6 +51,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     # explaining and exporting
     "EcgExplanation": "ecg_hub.explain",
     "export_onnx": "ecg_hub.export",
+    "build_demo": "ecg_hub.demo",
     # recipes
     "load_recipe": "ecg_hub.recipe",
     "instantiate": "ecg_hub.recipe",

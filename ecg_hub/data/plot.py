@@ -302,8 +302,12 @@ def plot_ecg(
         bar.ax.tick_params(labelsize=5, length=1.5, pad=1)
         cax.set_gid("saliency_colorbar")
         window = f", {saliency_window_s * 1000:g} ms mean" if saliency_window_s > 0 else ""
-        fig.text((_SIDE_MM + 42) / width_mm, 3.6 / height_mm,
-                 f"{saliency_label}: |value|{window}, relative to the record maximum", fontsize=6, ha="left", va="bottom")
+        caption = f"{saliency_label}: |value|{window}, relative to the record maximum"
+        # 6 pt text is about 1.2 mm per character: a short (4 s) plot gets the short caption, not a cut one.
+        room_mm = width_mm - (_SIDE_MM + 42) - 45  # the footer (speed, gain, rate) sits at the right
+        if len(caption) * 1.2 > room_mm:
+            caption = f"{saliency_label}: |value|, max = 1"
+        fig.text((_SIDE_MM + 42) / width_mm, 3.6 / height_mm, caption, fontsize=6, ha="left", va="bottom")
     if out_path is None:
         return fig
     out_path = os.fspath(out_path)
