@@ -73,7 +73,10 @@ def test_auto_feature_extractor_loads_saved_extractor(tmp_path):
     EcgFeatureExtractor.from_preset("ecg_jepa").save_pretrained(tmp_path)
     loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
     assert type(loaded) is EcgFeatureExtractor
-    assert loaded.to_dict() == EcgFeatureExtractor.from_preset("ecg_jepa").to_dict()
+    saved = loaded.to_dict()
+    # The saved file names the extractor's code for trust_remote_code users (auto_map); the rest equals.
+    assert saved.pop("auto_map") == {"AutoFeatureExtractor": "feature_extraction_ecg.EcgFeatureExtractor"}
+    assert saved == EcgFeatureExtractor.from_preset("ecg_jepa").to_dict()
 
 
 def test_missing_limb_leads_are_derived_and_other_leads_zero_filled():
