@@ -297,7 +297,9 @@ def format_results_table(document: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    title = f"{document['model']} ({document.get('init', 'pretrained')}) on {document['dataset']['name']} / {document['dataset']['label_set']}"
+    # A baseline has no weights, so no init to name.
+    init = f" ({document['init']})" if document.get("init") else "" if "baseline" in document["model"] else " (pretrained)"
+    title = f"{document['model']}{init} on {document['dataset']['name']} / {document['dataset']['label_set']}"
     extraction = {r["feature_extraction_seconds"] for r in document["results"] if "feature_extraction_seconds" in r}
     if extraction:  # paid once per run, shared by every linear-probe row
         lines.append(f"linear probe: backbone features extracted once in {max(extraction):.0f} s (not in the rows' times)")

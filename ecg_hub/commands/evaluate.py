@@ -3,6 +3,10 @@
 Runs the ecg-hub evaluation protocol (linear probe, fine-tune and/or zero-shot; label fractions
 1 %, 10 %, 100 %; seeds 42, 43, 44 below 100 %; selection on validation only; test scored once),
 prints a table and writes the results JSON the Hub model cards read.
+
+`ecg-hub evaluate --baseline features --dataset DIR --labels superclass` scores the floor a model
+must beat instead: hand-crafted ECG measurements and a logistic regression, on the same splits,
+label fractions, seeds and metrics (no model needed).
 """
 
 from __future__ import annotations
@@ -44,6 +48,22 @@ def _key_values(items: list[str]) -> dict:
     return out
 
 
+#: Values of --baseline.
+BASELINES = ("features",)
+
+# Options that only mean something for a model, with their defaults: given with --baseline they
+# would be silently ignored, so they are refused.
+_MODEL_ONLY_OPTIONS = {
+    "protocol": ("--protocol", "linear-probe"),
+    "random_init": ("--random-init", False),
+    "preset": ("--preset", None),
+    "prompts": ("--prompts", None),
+    "scoring": ("--scoring", "cosine"),
+    "probe_epochs": ("--probe-epochs", 100),
+    "finetune_arg": ("--finetune-arg", []),
+}
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
@@ -51,7 +71,19 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL_OR_DIR", help="checkpoint folder or Hub id")
+    parser.add_argument(
+        "model", metavar="MODEL_OR_DIR", nargs="?", default=None,
+        help="checkpoint folder or Hub id (leave out with --baseline)",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default=None,
+        help="score a baseline instead of a model: 'features' = 120 hand-crafted ECG measurements (neurokit2 "
+        "rate, RR variability, PR/QRS/QT, per-lead amplitudes, ST and T levels) with a logistic regression, on the "
+        "same splits, fractions, seeds and metrics; features cached beside the results JSON (or in --cache-dir); "
+        "writes WORK_DIR/baseline_features.json unless --out is given",
+    )
     parser.add_argument("--dataset", required=True, type=Path, help="prepared dataset folder (`ecg-hub data prepare`)")
     parser.add_argument("--labels", required=True, help="label set column: superclass, subclass, form, rhythm, ...")
     parser.add_argument(
@@ -96,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
     from ecg_hub.results import format_results_table
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.baseline is not None:
+        return _run_baseline(args)
+    if args.model is None:
+        raise SystemExit(
+            "ecg-hub evaluate: MODEL_OR_DIR is required (a checkpoint folder or Hub id), unless --baseline "
+            f"is given (one of: {', '.join(BASELINES)})"
+        )
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     prompts = None
     if args.prompts is not None:
@@ -126,3 +165,48 @@ def run(args: argparse.Namespace) -> int:
     print(f"results: {out}  ({time.perf_counter() - start:.0f} s)")
     return 0
 
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    """`--baseline features`: the hand-crafted baseline (ecg_hub.evaluation.baseline)."""
+    from ecg_hub.evaluation.baseline import evaluate_baseline
+    from ecg_hub.evaluation.protocol import EvaluationSettings
+    from ecg_hub.results import format_results_table
+
+    if args.model is not None:
+        raise SystemExit(
+            f"ecg-hub evaluate: --baseline {args.baseline} scores hand-crafted features, not a model; "
+            f"leave out MODEL_OR_DIR ({args.model!r}) or --baseline"
+        )
+    given = [flag for name, (flag, default) in _MODEL_ONLY_OPTIONS.items() if getattr(args, name) != default]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise SystemExit(
+            f"ecg-hub evaluate: {', '.join(given)} {verb} only to a model, not to --baseline {args.baseline}"
+        )
+    settings = EvaluationSettings(
+        fractions=args.fractions,
+        seeds=args.seeds,
+        problem_type="single_label_classification" if args.single_label else "multi_label_classification",
+        bootstrap=args.bootstrap,
+        cache_dir=args.cache_dir,
+    )
+    out = args.out or Path(args.work_dir) / "baseline_features.json"
+    start = time.perf_counter()
+    try:
+        document = evaluate_baseline(
+            str(args.dataset), args.labels, settings, output_json=out, dataset_name=args.dataset_name
+        )
+    except (ValueError, FileNotFoundError) as error:  # no dataset there, a missing label column, ...
+        raise SystemExit(f"ecg-hub evaluate: {error}") from None
+    print(format_results_table(document))
+    section = document["results"][0]["handcrafted_features"]
+    counts = section["imputed"].items()
+    imputed = ", ".join(f"{name} {n['values']} in {n['records']} records" for name, n in counts)
+    seconds = section["extraction_seconds"]
+    took = f"extracted in {seconds:.0f} s" if seconds else "read from the cache"
+    print(
+        f"baseline: {section['num_features']} hand-crafted features per record, {took} (not in the rows' "
+        f"times); unmeasurable values imputed with the training median: {imputed}"
+    )
+    print(f"results: {out}  ({time.perf_counter() - start:.0f} s)")
+    return 0
