@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from ecg_hub.modeling import EcgFeatureExtractor, EcgJepaConfig, EcgJepaModel
 
     from ecg_hub.batch_inference import embed_records
-    from ecg_hub.modeling import EcgFeatureExtractor, EcgJepaConfig, EcgJepaModel
 
     work = Path(tempfile.mkdtemp(prefix="ecg-hub-embed-bench-"))
     torch.manual_seed(0)
