@@ -12,6 +12,14 @@ Several processes (DDP or FSDP, see recipes/accelerate/):
     ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml \\
         -m ecg_hub pretrain ecg_jepa/pretrain_tiny
 
+Learning-health diagnostics (record-dependent variance shares, the record-mean oracle, RankMe;
+a warning when a run learns positions only) with --health-every N; a quick validation linear probe
+every N steps with --probe-every N (needs a dataset with labels and a validation split), and the
+best-probe step as the final model with --keep-best-probe:
+
+    ecg-hub pretrain ecg_jepa/pretrain_ptbxl_subset --health-every 25 --probe-every 50 \
+        --probe-label superclass --keep-best-probe
+
 Continue a stopped run with --resume (the newest checkpoint in the output folder whose manifest
 checks out) or `--resume PATH`. A recipe may name only ecg-hub, torch.optim/torch.nn,
 transformers and datasets components unless --trust-recipe is given; a checkpoint folder
@@ -21,6 +29,7 @@ without ecg-hub's manifest is refused unless --trust-checkpoint is given.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -53,6 +62,38 @@ def register(subparsers) -> None:
         action="store_true",
         help="resume from a checkpoint folder without an ecg-hub manifest (its optimizer and random states are pickles)",
     )
+    parser.add_argument(
+        "--health-every",
+        type=int,
+        metavar="N",
+        help="measure the learning health on a fixed probe batch every N optimizer steps, before the first "
+        "and at the end (recipe key diagnostics.every_steps)",
+    )
+    parser.add_argument(
+        "--probe-every",
+        type=int,
+        metavar="N",
+        help="run a quick linear probe on the validation split every N optimizer steps, before the first and "
+        "at the end, logged as probe/val_macro_auroc (recipe key diagnostics.probe.every_steps)",
+    )
+    parser.add_argument(
+        "--probe-records",
+        type=int,
+        metavar="N",
+        help="records of the training split the probe head is trained on, and the most validation records it "
+        "is scored on (default 256)",
+    )
+    parser.add_argument(
+        "--probe-label",
+        metavar="COLUMN",
+        help="label column of the dataset the probe predicts (default: the dataset's only label column)",
+    )
+    parser.add_argument(
+        "--keep-best-probe",
+        action="store_true",
+        help="make the final model folder the step with the best validation probe (the last step's weights "
+        "go to model_last; needs --probe-every)",
+    )
     parser.add_argument("--print-recipe", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument("--validate-only", action="store_true", help="validate the recipe and exit")
     parser.set_defaults(func=run)
@@ -69,6 +110,17 @@ def run(args: argparse.Namespace) -> int:
         args.resume = "latest"
     if args.resume is not None:
         overrides.append(f"training.resume_from_checkpoint={args.resume}")
+    for flag, key in (
+        ("health_every", "diagnostics.every_steps"),
+        ("probe_every", "diagnostics.probe.every_steps"),
+        ("probe_records", "diagnostics.probe.records"),
+        ("probe_label", "diagnostics.probe.label_column"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:  # the label as a YAML string whatever it looks like
+            overrides.append(f"{key}={json.dumps(value) if flag == 'probe_label' else value}")
+    if args.keep_best_probe:
+        overrides.append("diagnostics.probe.keep_best=true")
     try:
         if args.trust_checkpoint:
             overrides.append("training.trust_checkpoint=true")

@@ -36,6 +36,14 @@ Features
   ``evaluation.every_steps`` and at the end, with the same masks every time
   (:mod:`ecg_hub.training.held_out`); logged as ``eval/*``, kept in ``evaluation.json`` and the
   summary's ``evaluation`` (``initial``, ``final``, ``history``).
+- **Learning health.** With ``diagnostics.every_steps`` set, record-dependent variance shares of
+  the targets, predictions and features, the loss with the predictions replaced by their
+  across-record mean and by the record-mean oracle, RankMe and per-dimension std, on a fixed
+  probe batch at the same moments (:mod:`ecg_hub.training.diagnostics`); logged as ``health/*``,
+  kept in ``learning_health.json`` and the summary's ``learning_health``, with one warning line
+  when the run learns positions only. ``diagnostics.probe.every_steps`` (CLI ``--probe-every``)
+  adds a quick validation linear probe (``probe/val_macro_auroc``, ``probe.json``, the summary's
+  ``probe``); with ``diagnostics.probe.keep_best`` the ``model`` folder holds the best step.
 - **Text models.** The same loop pretrains a text tower by masked language modelling: the
   preprocessor is the tokenizer, the collator ``MaskedTextCollator``
   (``DataCollatorForLanguageModeling`` inside), the model any ``AutoModelForMaskedLM``
@@ -58,6 +66,7 @@ mixing runs; a non-finite loss stops the run with its step.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import math
@@ -83,6 +92,7 @@ from .checkpointing import (
     write_json_atomic,
 )
 from .dataloading import build_train_dataloader
+from .diagnostics import DiagnosticsSettings, LearningHealthMonitor, ValidationProbe
 from .held_out import EvaluationSettings, HeldOutEvaluator
 from .optim import DEFAULT_NO_DECAY_NAMES, build_param_groups
 from .throughput import (
@@ -95,6 +105,7 @@ from .throughput import (
 
 __all__ = [
     "DataSettings",
+    "DiagnosticsSettings",
     "EvaluationSettings",
     "PretrainRecipe",
     "PretrainResult",
@@ -277,6 +288,7 @@ class PretrainRecipe:
     lr_scheduler: Component
     data: DataSettings = field(default_factory=DataSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
     training: TrainingSettings
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
@@ -739,6 +751,8 @@ class _Run:
     output_dir: Path
     checkpoints_dir: Path
     evaluator: HeldOutEvaluator | None = None
+    health: LearningHealthMonitor | None = None
+    probe: ValidationProbe | None = None
 
 
 def _resume_source(training: TrainingSettings, checkpoints_dir: Path) -> Path | None:
@@ -827,6 +841,10 @@ def _set_up(recipe: PretrainRecipe) -> _Run:
             )
         progress.total_steps = total_steps
         accelerator.print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch})")
+    health, probe = _build_diagnostics(
+        recipe, accelerator, full_dataset, collator, feature_extractor, output_dir,
+        progress.step if resume_from is not None else None,
+    )
 
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -859,7 +877,37 @@ def _set_up(recipe: PretrainRecipe) -> _Run:
         output_dir=output_dir,
         checkpoints_dir=checkpoints_dir,
         evaluator=evaluator,
+        health=health,
+        probe=probe,
     )
+
+
+def _build_diagnostics(recipe, accelerator, full_dataset, collator, feature_extractor, output_dir, resume_step):
+    """The learning-health monitor and the validation probe a ``diagnostics:`` section asks for."""
+    from accelerate.utils import DistributedType
+
+    diagnostics = recipe.diagnostics
+    if diagnostics.every_steps is None and diagnostics.probe.every_steps is None:
+        return None, None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ValueError(
+            "diagnostics (learning health, --probe-every) run the whole model on every process: not "
+            "available under FSDP or DeepSpeed; use one process or DDP"
+        )
+    health = probe = None
+    if diagnostics.every_steps is not None:
+        split = diagnostics.split or recipe.data.split
+        rows = _load_dataset(recipe, full_dataset, held_out_split=split) if split is not None else (
+            _load_dataset(recipe, full_dataset)
+        )
+        health = LearningHealthMonitor(
+            diagnostics, rows, collator, recipe.data.batch_size, accelerator, output_dir, resume_step, split
+        )
+    if diagnostics.probe.every_steps is not None:
+        probe = ValidationProbe(
+            diagnostics.probe, full_dataset, feature_extractor, accelerator, output_dir, resume_step
+        )
+    return health, probe
 
 
 def _train_micro_batch(run: _Run, batch: dict[str, Any], meter: ThroughputMeter, max_grad_norm: float | None):
@@ -986,6 +1034,11 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     evaluations = _evaluation_history(run) if run.evaluator is not None else []
     if run.evaluator is not None and not evaluations:
         _evaluate(run, evaluations)  # the starting point, before any optimizer step
+    save_best = functools.partial(_save_final_model, accelerator, run.model, run.feature_extractor)
+    if run.health is not None and not run.health.history:
+        run.health.run(run.unwrapped, progress.step)
+    if run.probe is not None and not run.probe.history:
+        run.probe.run(run.unwrapped, progress.step, save_best)
 
     run.model.train()
     batches = _micro_batches(run.loader, progress)
@@ -1039,6 +1092,10 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
         every = recipe.evaluation.every_steps
         if run.evaluator is not None and ((every and step % every == 0) or step == run.total_steps):
             _evaluate(run, evaluations)
+        if run.health is not None and run.health.due(step, run.total_steps):
+            run.health.run(run.unwrapped, step)
+        if run.probe is not None and run.probe.due(step, run.total_steps):
+            run.probe.run(run.unwrapped, step, save_best)
         if (training.checkpoint_every_steps and step % training.checkpoint_every_steps == 0) or step == run.stop_at:
             save_checkpoint(accelerator, run.checkpoints_dir, progress, training.keep_last_checkpoints)
             last_checkpoint_step = step
@@ -1051,6 +1108,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
     model_dir = run.output_dir / "model"
     if not stopped_early:
         _save_final_model(accelerator, run.model, run.feature_extractor, model_dir)
+        if run.probe is not None:
+            run.probe.finish(model_dir, progress.step)
 
     summary = _summarise(
         run,
@@ -1069,6 +1128,8 @@ def pretrain(recipe: PretrainRecipe) -> PretrainResult:
             }
             if run.evaluator is not None
             else None,
+            "learning_health": run.health.summary() if run.health is not None else None,
+            "probe": run.probe.summary() if run.probe is not None else None,
         },
     )
     if accelerator.is_main_process:
