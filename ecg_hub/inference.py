@@ -17,6 +17,7 @@ Outputs always come back as float32.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -43,9 +44,16 @@ __all__ = [
 INFERENCE_DTYPES = ("auto", "float32", "bfloat16")
 
 
+#: Set to ``0`` to make ``dtype="auto"`` treat the CPU as having no native bfloat16 (float32
+#: everywhere on the CPU: reproducible figures across machines; the test suite sets it).
+NATIVE_CPU_BF16_ENV = "ECG_HUB_NATIVE_CPU_BF16"
+
+
 def cpu_bf16_flags() -> list[str] | None:
     """The native bfloat16 CPU flags in ``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``); ``None``
-    when the file cannot be read (not Linux)."""
+    when the file cannot be read (not Linux); ``[]`` when ``ECG_HUB_NATIVE_CPU_BF16=0``."""
+    if os.environ.get(NATIVE_CPU_BF16_ENV) == "0":
+        return []
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
             for line in handle:

@@ -25,6 +25,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Inference precision "auto" picks bf16 on a CPU with AVX-512-BF16 / AMX; the numeric tests compare
+# with float32 at 1e-5, so the suite runs float32 on every machine (the choice itself is tested by
+# mocking the CPU flags in test_inference_precision.py).
+os.environ["ECG_HUB_NATIVE_CPU_BF16"] = "0"
 
 from pathlib import Path
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ecg_hub import inference
 from ecg_hub.inference import cpu_has_native_bf16, resolve_inference_dtype
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,3 +48,12 @@ def test_bf16_features_agree_with_float32_on_real_records(shared_data, tmp_path)
     cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
     assert cosine.min() >= 0.99, cosine
     assert not np.array_equal(full, half)  # bf16 really ran
+
+
+def test_the_environment_switch_turns_native_cpu_bf16_off(monkeypatch):
+    monkeypatch.setenv(inference.NATIVE_CPU_BF16_ENV, "0")
+    assert inference.cpu_bf16_flags() == []
+    assert resolve_inference_dtype("auto", "cpu")[0] == torch.float32
+    monkeypatch.delenv(inference.NATIVE_CPU_BF16_ENV)
+    flags = inference.cpu_bf16_flags()
+    assert flags is None or set(flags) <= {"avx512_bf16", "amx_bf16"}
