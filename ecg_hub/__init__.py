@@ -31,6 +31,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "EcgPipeline": "ecg_hub.pipelines",
     "EcgClassificationPipeline": "ecg_hub.pipelines",
     "EcgFeatureExtractionPipeline": "ecg_hub.pipelines",
+    "EcgReportGenerationPipeline": "ecg_hub.pipelines",
     "ZeroShotEcgClassificationPipeline": "ecg_hub.pipelines",
     # data
     "EcgCollator": "ecg_hub.data.collators",

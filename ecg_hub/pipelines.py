@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForMultimodalLM, AutoModelForSequenceClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import ChunkPipeline
 
@@ -521,14 +521,28 @@ def ranked_labels(scores: torch.Tensor, labels: Sequence[str], top_k: int | None
 EMBEDDINGS = ("projection", "pooled")
 
 
+def family_embeddings(model) -> dict[str, str]:
+    """The extra ``embedding=`` choices the model's family declares (``ModelFamily.embeddings``:
+    name -> attribute of the ECG encoder's output), e.g. MELP's ``rhythm`` / ``beats`` / ``probe``."""
+    from ecg_hub.modeling.registry import family_of_model_type
+
+    family = family_of_model_type(getattr(model.config, "model_type", ""))
+    return dict(family.embeddings) if family is not None else {}
+
+
 def resolve_embedding(model, embedding: str | None = None) -> str:
     """The embedding kind for ``model``: ``embedding`` checked, or the default (``"projection"``
-    when the model has ``get_ecg_features``, else ``"pooled"``)."""
+    when the model has ``get_ecg_features``, else ``"pooled"``). Besides ``projection`` / ``pooled``,
+    a family may declare more (:func:`family_embeddings`)."""
     if embedding is None:
         return "projection" if hasattr(model, "get_ecg_features") else "pooled"
+    declared = family_embeddings(model)
+    if embedding in declared and embedding not in EMBEDDINGS:
+        return embedding
     if embedding not in EMBEDDINGS:
+        choices = ", ".join(repr(name) for name in (*EMBEDDINGS, *declared))
         raise ValueError(
-            f"{FEATURE_EXTRACTION_TASK}: embedding must be 'projection' or 'pooled', got {embedding!r}"
+            f"{FEATURE_EXTRACTION_TASK}: embedding must be one of {choices}, got {embedding!r}"
         )
     if embedding == "projection" and not hasattr(model, "get_ecg_features"):
         raise ValueError(
@@ -559,8 +573,11 @@ def ecg_embeddings(
         if "attention_mask" in inputs:
             inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
         vector = _embed(model.get_ecg_features, inputs)
-    else:
+    elif embedding == "pooled":
         vector = _embed(ecg_encoder(model).forward, inputs)
+    else:  # declared by the model's family: an attribute of the ECG encoder's output
+        forward = ecg_encoder(model).forward
+        vector = getattr(forward(**accepted_kwargs(forward, inputs)), family_embeddings(model)[embedding])
     if normalize if normalize is not None else embedding == "projection":
         vector = F.normalize(vector, dim=-1)
     return vector
@@ -574,7 +591,10 @@ class EcgFeatureExtractionPipeline(EcgPipeline):
         ecg: as the zero-shot pipeline.
         embedding: ``"projection"`` (ECG-text models: the projected, shared-space embedding from
             ``get_ecg_features``; the default when the model has it) or ``"pooled"`` (the ECG
-            encoder's ``pooler_output``, e.g. ETP's 512-d probe feature; the default otherwise).
+            encoder's ``pooler_output``, e.g. ETP's 512-d probe feature; the default otherwise), or
+            a choice the model's family declares (``ModelFamily.embeddings``), e.g. MELP's
+            ``"rhythm"`` (mean beat embedding, 256-d), ``"beats"`` (``n_q x 256``: a list of lists
+            per record) and ``"probe"`` (the linear-probe feature); these are not normalised by default.
         normalize: L2-normalise the embedding (default: ``True`` for ``"projection"``, else ``False``);
             with windows, after aggregating them.
         return_tensors: return a ``torch.Tensor`` instead of a list of floats.
@@ -715,13 +735,83 @@ class EcgClassificationPipeline(EcgPipeline):
 
 
 # --------------------------------------------------------------------------------------------------
+# Report generation by an ECG-conditioned text decoder
+# --------------------------------------------------------------------------------------------------
+
+REPORT_GENERATION_TASK = "ecg-report-generation"
+
+
+class EcgReportGenerationPipeline(EcgPipeline):
+    """Write a report for each ECG (``"ecg-report-generation"``) with a model that generates text
+    from an ECG, e.g. ``MelpForConditionalGeneration`` (loaded by ``AutoModelForMultimodalLM`` from
+    a MELP checkpoint and its processor).
+
+    >>> writer = pipeline("ecg-report-generation", model="path/to/melp")
+    >>> writer(signal, sampling_rate=500, leads=[...], max_new_tokens=64)
+    [{'generated_text': 'sinus rhythm. normal ecg.'}]
+
+    Call arguments (and those of every :class:`EcgPipeline`: ``sampling_rate``, ``leads``,
+    ``window_stride``, ``inference_dtype``):
+        max_new_tokens: tokens to generate at most (default: the model's generation config).
+        generate_kwargs: more ``model.generate`` arguments (``num_beams``, ``do_sample``, ...).
+        skip_special_tokens: drop ``[BOS]``, ``[SEP]`` and padding when decoding (default ``True``).
+
+    Returns:
+        For one record: ``[{"generated_text": str}]``, one entry per window (one without
+        ``window_stride``); ``aggregate`` does not apply to text. For several records: one such
+        list per record, in input order. The text equals ``processor.batch_decode(model.generate(...))``.
+    """
+
+    task_name = REPORT_GENERATION_TASK
+    _load_processor = True
+    _load_feature_extractor = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.processor is not None:
+            self.tokenizer = self.tokenizer or getattr(self.processor, "tokenizer", None)
+        if not (hasattr(self.model, "generate") and self.model.can_generate()):
+            raise ValueError(f"{REPORT_GENERATION_TASK} needs a model that generates text; {type(self.model).__name__} does not")
+        if self.feature_extractor is None or self.tokenizer is None:
+            raise ValueError(f"{REPORT_GENERATION_TASK} needs the model's processor (feature extractor + tokenizer)")
+
+    def _sanitize_task_parameters(self, max_new_tokens=None, generate_kwargs=None, skip_special_tokens=None, **kwargs):
+        if kwargs:
+            raise ValueError(f"{REPORT_GENERATION_TASK}: unexpected argument(s) {sorted(kwargs)}")
+        forward, postprocess = {}, {}
+        if generate_kwargs is not None or max_new_tokens is not None:
+            forward["generate_kwargs"] = dict(generate_kwargs or {})
+            if max_new_tokens is not None:
+                if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+                    raise ValueError(f"{REPORT_GENERATION_TASK}: max_new_tokens must be a positive int, got {max_new_tokens!r}")
+                forward["generate_kwargs"]["max_new_tokens"] = max_new_tokens
+        if skip_special_tokens is not None:
+            postprocess["skip_special_tokens"] = bool(skip_special_tokens)
+        return {}, forward, postprocess
+
+    def _forward(self, model_inputs, autocast_dtype=None, generate_kwargs=None):
+        is_last = model_inputs.pop("is_last")
+        inputs = dict(model_inputs)
+        if "attention_mask" in inputs:  # the ECG's time mask; the text's masks are the model's own
+            inputs["ecg_attention_mask"] = inputs.pop("attention_mask")
+        with self._autocast(autocast_dtype):
+            generated = self.model.generate(**inputs, **(generate_kwargs or {}))
+        return {"generated_ids": generated, "is_last": is_last}
+
+    def postprocess(self, model_outputs, skip_special_tokens=True, aggregate=None):
+        ids = [row for output in model_outputs for row in output["generated_ids"]]
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+        return [{"generated_text": text} for text in texts]
+
+
+# --------------------------------------------------------------------------------------------------
 # Registration
 # --------------------------------------------------------------------------------------------------
 
 
 def register_pipelines() -> None:
-    """Register ``zero-shot-ecg-classification``, ``ecg-feature-extraction`` and ``ecg-classification``
-    with ``transformers.pipeline``.
+    """Register ``zero-shot-ecg-classification``, ``ecg-feature-extraction``, ``ecg-classification``
+    and ``ecg-report-generation`` with ``transformers.pipeline``.
 
     Idempotent; ``import ecg_hub`` calls it.
     """
@@ -741,16 +831,25 @@ def register_pipelines() -> None:
             pt_model=AutoModelForSequenceClassification,
             type="multimodal",
         )
+    if supported.get(REPORT_GENERATION_TASK, {}).get("impl") is not EcgReportGenerationPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            REPORT_GENERATION_TASK,
+            pipeline_class=EcgReportGenerationPipeline,
+            pt_model=AutoModelForMultimodalLM,
+            type="multimodal",
+        )
 
 
 __all__ = [
     "CLASSIFICATION_TASK",
     "DEFAULT_PROMPT_TEMPLATES",
     "EMBEDDINGS",
+    "REPORT_GENERATION_TASK",
     "WINDOW_AGGREGATES",
     "EcgClassificationPipeline",
     "EcgFeatureExtractionPipeline",
     "EcgPipeline",
+    "EcgReportGenerationPipeline",
     "ZeroShotEcgClassificationPipeline",
     "aggregate_windows",
     "apply_score_function",
@@ -761,6 +860,7 @@ __all__ = [
     "ecg_embeddings",
     "ecg_encoder",
     "ecg_text_cosine",
+    "family_embeddings",
     "ranked_labels",
     "read_record_input",
     "register_pipelines",

@@ -8,6 +8,7 @@ from .configuration_ecg2tok import Ecg2TokConfig, Ecg2TokTokenizerConfig
 from .configuration_ecg_jepa import EcgJepaConfig
 from .configuration_ecg_resnet import EcgResNetConfig
 from .configuration_etp import EtpConfig
+from .configuration_melp import MelpConfig, MelpDecoderConfig, MelpEcgConfig
 from .feature_extraction_ecg import EcgFeatureExtractor, EcgInputReducedWarning
 from .heads import PROBLEM_TYPES
 from .leads import STANDARD_LEADS, canonical_lead_name, canonicalize_leads, derive_limb_leads
@@ -26,8 +27,18 @@ from .modeling_ecg_jepa import (
 )
 from .modeling_ecg_resnet import EcgResNetForSequenceClassification, EcgResNetModel, EcgResNetPreTrainedModel
 from .modeling_etp import EtpForSequenceClassification, EtpModel, EtpPreTrainedModel
+from .modeling_melp import (
+    MelpEcgForSequenceClassification,
+    MelpEcgModel,
+    MelpEcgPreTrainedModel,
+    MelpForConditionalGeneration,
+    MelpForSequenceClassification,
+    MelpModel,
+    MelpPreTrainedModel,
+)
 from .processing_ecg_text import EcgTextProcessor
 from .processing_etp import EtpProcessor
+from .processing_melp import MelpProcessor
 from .registry import (
     CheckpointEntry,
     ModelFamily,
@@ -66,6 +77,17 @@ __all__ = [
     "EtpModel",
     "EtpPreTrainedModel",
     "EtpProcessor",
+    "MelpConfig",
+    "MelpDecoderConfig",
+    "MelpEcgConfig",
+    "MelpEcgForSequenceClassification",
+    "MelpEcgModel",
+    "MelpEcgPreTrainedModel",
+    "MelpForConditionalGeneration",
+    "MelpForSequenceClassification",
+    "MelpModel",
+    "MelpPreTrainedModel",
+    "MelpProcessor",
     "ModelFamily",
     "ModelType",
     "canonical_lead_name",

@@ -32,6 +32,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "configuration_etp",
     "configuration_ecg2tok",
     "configuration_cardiology_text",
+    "configuration_melp",
 )
 
 #: Family kinds: ``ecg`` (ecg-hub's own model types, registered with the Auto classes, remote code on
@@ -45,6 +46,8 @@ AUTO_MODEL_CLASSES: tuple[str, ...] = (
     "AutoModelForPreTraining",
     "AutoModelForSequenceClassification",
     "AutoModelForMaskedLM",
+    # ECG-conditioned text generation (MELP's report captioning: ``MelpForConditionalGeneration``).
+    "AutoModelForMultimodalLM",
 )
 
 #: Catalogue statuses: ``published`` (weights on the Hub), ``planned`` (the name the project will
@@ -101,6 +104,9 @@ class ModelFamily:
         pipelines: ``transformers.pipeline`` tasks its models serve.
         checkpoints: its catalogue entries.
         kind: ``ecg`` or ``text`` (see :data:`FAMILY_KINDS`).
+        embeddings: extra ``embedding=`` choices of the ``ecg-feature-extraction`` pipeline beyond
+            ``projection`` / ``pooled``: name -> the attribute of the ECG encoder's output that holds
+            it (MELP: ``{"rhythm": "rhythm_embeds", "beats": "beat_embeds", "probe": "pooler_output"}``).
     """
 
     name: str
@@ -112,6 +118,7 @@ class ModelFamily:
     pipelines: tuple[str, ...] = ()
     checkpoints: tuple[CheckpointEntry, ...] = ()
     kind: str = "ecg"
+    embeddings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in FAMILY_KINDS:

@@ -30,6 +30,14 @@ from ecg_hub.modeling import (
     EtpConfig,
     EtpForSequenceClassification,
     EtpModel,
+    MelpConfig,
+    MelpDecoderConfig,
+    MelpEcgConfig,
+    MelpEcgForSequenceClassification,
+    MelpEcgModel,
+    MelpForConditionalGeneration,
+    MelpForSequenceClassification,
+    MelpModel,
 )
 from transformers import BertConfig
 
@@ -38,57 +46,57 @@ BATCH = 3
 
 def tiny_ecg_jepa_config(**overrides) -> EcgJepaConfig:
     """Width 32, depth 2, 8 leads x 10 patches of 50 samples (2 s at 250 Hz)."""
-    values = dict(
-        num_samples=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        predictor_hidden_size=16, predictor_num_hidden_layers=2, predictor_num_attention_heads=2,
-        predictor_intermediate_size=32, num_labels=3,
-    )
+    values = {
+        "num_samples": 500, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "predictor_hidden_size": 16, "predictor_num_hidden_layers": 2, "predictor_num_attention_heads": 2,
+        "predictor_intermediate_size": 32, "num_labels": 3,
+    }
     values.update(overrides)
     return EcgJepaConfig(**values)
 
 
 def tiny_ecg_resnet_config(**overrides) -> EcgResNetConfig:
     """Three stages of 8/16/32 channels, 12 leads, 4 s at 100 Hz."""
-    values = dict(
-        hidden_sizes=[8, 16, 32], depths=[1, 1, 1], embedding_size=8, sampling_rate=100, num_samples=400, num_labels=3
-    )
+    values = {
+        "hidden_sizes": [8, 16, 32], "depths": [1, 1, 1], "embedding_size": 8, "sampling_rate": 100, "num_samples": 400, "num_labels": 3
+    }
     values.update(overrides)
     return EcgResNetConfig(**values)
 
 
 def tiny_etp_config(**overrides) -> EtpConfig:
-    values = dict(
-        ecg_config=tiny_ecg_resnet_config(),
-        text_config=BertConfig(
+    values = {
+        "ecg_config": tiny_ecg_resnet_config(),
+        "text_config": BertConfig(
             vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=32,
         ),
-        projection_dim=16,
-        text_projection_hidden_dim=16,
-        freeze_text_layers=1,
-        text_pooling="mean",
-        num_labels=3,
-    )
+        "projection_dim": 16,
+        "text_projection_hidden_dim": 16,
+        "freeze_text_layers": 1,
+        "text_pooling": "mean",
+        "num_labels": 3,
+    }
     values.update(overrides)
     return EtpConfig(**values)
 
 
 def tiny_ecg2tok_tokenizer_config(**overrides) -> Ecg2TokTokenizerConfig:
     """Width 32, depth 2, head 64 -> 16, K = 16 codes, 8 leads x 10 patches (2 s at 250 Hz)."""
-    values = dict(
-        num_samples=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        head_hidden_size=64, head_bottleneck_size=16, codebook_size=16,
-    )
+    values = {
+        "num_samples": 500, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "head_hidden_size": 64, "head_bottleneck_size": 16, "codebook_size": 16,
+    }
     values.update(overrides)
     return Ecg2TokTokenizerConfig(**values)
 
 
 def tiny_ecg2tok_config(**overrides) -> Ecg2TokConfig:
     """Width 32, depth 2, K = 16, LayerScale on, 8 leads x 10 patches."""
-    values = dict(
-        num_samples=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        codebook_size=16, num_labels=3,
-    )
+    values = {
+        "num_samples": 500, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+        "codebook_size": 16, "num_labels": 3,
+    }
     values.update(overrides)
     return Ecg2TokConfig(**values)
 
@@ -102,6 +110,57 @@ def _ecg2tok_masks() -> torch.Tensor:
 
 def _ecg2tok_labels() -> torch.Tensor:
     return torch.randint(0, 16, (BATCH, 80), generator=torch.Generator().manual_seed(2))
+
+
+#: Special tokens of the tiny MELP text side: [PAD] 0, [CLS] 2, [SEP] 3, sentence separator 7, [BOS] 59.
+MELP_TOKENS = {"pad": 0, "cls": 2, "sep": 3, "period": 7, "bos": 59}
+
+
+def tiny_melp_ecg_config(**overrides) -> MelpEcgConfig:
+    """Width 32, depth 2, 4 conv blocks of 16 channels (500 samples -> 31 frames), 4 beats of 16, 8 tokens of 32."""
+    values = {
+        "num_samples": 500, "conv_dim": [16] * 4, "conv_kernel": [2] * 4, "conv_stride": [2] * 4, "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4, "n_beat_queries": 4, "beat_hidden_size": 16, "n_token_queries": 8,
+        "token_hidden_size": 32, "pooler_num_attention_heads": 2, "num_labels": 3,
+    }
+    values.update(overrides)
+    return MelpEcgConfig(**values)
+
+
+def tiny_melp_config(**overrides) -> MelpConfig:
+    """The tiny ECG tower + a 2-layer BERT of width 32 (60 tokens) + a 1-layer decoder, causal text."""
+    values = {
+        "ecg_config": tiny_melp_ecg_config(),
+        "text_config": BertConfig(
+            vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=32,
+        ),
+        "decoder_config": MelpDecoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2),
+        "projection_dim": 16,
+        "text_projection_hidden_dim": 16,
+        "num_frozen_text_layers": 1,
+        "pad_token_id": MELP_TOKENS["pad"],
+        "cls_token_id": MELP_TOKENS["cls"],
+        "eos_token_id": MELP_TOKENS["sep"],
+        "bos_token_id": MELP_TOKENS["bos"],
+        "sentence_separator_token_id": MELP_TOKENS["period"],
+        "num_labels": 3,
+    }
+    values.update(overrides)
+    return MelpConfig(**values)
+
+
+def _melp_text_inputs() -> dict[str, torch.Tensor]:
+    """Three "[BOS] report [SEP] [PAD]..." rows with two, one and two (+ an unfinished) sentences."""
+    ids = torch.tensor(
+        [
+            [59, 10, 11, 7, 12, 13, 7, 3, 0, 0],
+            [59, 14, 15, 16, 7, 3, 0, 0, 0, 0],
+            [59, 20, 21, 7, 22, 23, 24, 7, 25, 3],
+        ]
+    )
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
 
 def _ecg_inputs(num_leads: int, num_samples: int, scale: float) -> dict[str, torch.Tensor]:
@@ -168,6 +227,7 @@ def _multi_hot() -> torch.Tensor:
 JEPA_PRESET = {"name": "ecg_jepa", "num_samples": 500}
 ECG2TOK_PRESET = {"name": "ecg2tok", "num_samples": 500}
 RESNET_PRESET = {"name": "etp", "sampling_rate": 100, "num_samples": 400}
+MELP_PRESET = {"name": "melp", "num_samples": 500}
 
 MODEL_SPECS: list[ModelSpec] = [
     ModelSpec(
@@ -221,6 +281,29 @@ MODEL_SPECS: list[ModelSpec] = [
         "etp_classifier", EtpForSequenceClassification, tiny_etp_config, "AutoModelForSequenceClassification",
         lambda: _ecg_inputs(12, 400, 1.0), "logits", RESNET_PRESET, labels=_multi_hot,
     ),
+    ModelSpec(
+        "melp_ecg_model", MelpEcgModel, tiny_melp_ecg_config, "AutoModel",
+        lambda: _ecg_inputs(12, 500, 0.5), "pooler_output", MELP_PRESET, has_attention=True,
+    ),
+    ModelSpec(
+        "melp_ecg_classifier", MelpEcgForSequenceClassification, tiny_melp_ecg_config,
+        "AutoModelForSequenceClassification", lambda: _ecg_inputs(12, 500, 0.5), "logits", MELP_PRESET,
+        has_attention=True, labels=_multi_hot,
+    ),
+    ModelSpec(
+        "melp_model", MelpModel, tiny_melp_config, "AutoModel",
+        lambda: {**_ecg_inputs(12, 500, 0.5), **_melp_text_inputs(), "return_loss": True}, "loss", MELP_PRESET,
+        ecg_time_mask="ecg_attention_mask", has_attention=True,
+    ),
+    ModelSpec(
+        "melp_conditional_generation", MelpForConditionalGeneration, tiny_melp_config, "AutoModelForMultimodalLM",
+        lambda: {**_ecg_inputs(12, 500, 0.5), **_melp_text_inputs()}, "loss", MELP_PRESET,
+        ecg_time_mask="ecg_attention_mask", has_attention=True, extra={"labels": _melp_text_inputs()["input_ids"]},
+    ),
+    ModelSpec(
+        "melp_classifier", MelpForSequenceClassification, tiny_melp_config, "AutoModelForSequenceClassification",
+        lambda: _ecg_inputs(12, 500, 0.5), "logits", MELP_PRESET, has_attention=True, labels=_multi_hot,
+    ),
 ]
 
 
@@ -229,4 +312,16 @@ def feature_extractor_for(spec: ModelSpec) -> EcgFeatureExtractor:
     return EcgFeatureExtractor.from_preset(preset.pop("name"), **preset)
 
 
-__all__ = ["MODEL_SPECS", "ModelSpec", "feature_extractor_for", "tiny_ecg2tok_config", "tiny_ecg2tok_tokenizer_config", "tiny_ecg_jepa_config", "tiny_ecg_resnet_config", "tiny_etp_config"]
+__all__ = [
+    "MELP_TOKENS",
+    "MODEL_SPECS",
+    "ModelSpec",
+    "feature_extractor_for",
+    "tiny_ecg2tok_config",
+    "tiny_ecg2tok_tokenizer_config",
+    "tiny_ecg_jepa_config",
+    "tiny_ecg_resnet_config",
+    "tiny_etp_config",
+    "tiny_melp_config",
+    "tiny_melp_ecg_config",
+]
