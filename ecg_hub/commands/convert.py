@@ -14,9 +14,16 @@ def _convert_ecg_jepa(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _convert_melp(args: argparse.Namespace) -> int:
+    from ..modeling.convert_melp_original_to_hf import run
+
+    return run(args)
+
+
 def register(subparsers) -> None:
     """Add ``convert`` and its per-family subcommands to the ``ecg-hub`` parser."""
     from ..modeling.convert_ecg_jepa_original_to_hf import add_arguments as add_ecg_jepa_arguments
+    from ..modeling.convert_melp_original_to_hf import add_arguments as add_melp_arguments
 
     parser = subparsers.add_parser(
         "convert",
@@ -32,6 +39,15 @@ def register(subparsers) -> None:
     )
     add_ecg_jepa_arguments(ecg_jepa)
     ecg_jepa.set_defaults(func=_guarded(_convert_ecg_jepa))
+    melp = families.add_parser(
+        "melp",
+        help="official MELP ECG encoder (fuyingw/MELP_Encoder, MELPModel .ckpt) -> MelpEcgModel folder",
+        description="Convert the ECG tower of github.com/HKU-MedAI/MELP: the fuyingw/MELP_Encoder folder or its "
+        "model.safetensors, a MELPModel Lightning .ckpt (text tower, projections and decoder are skipped) or an "
+        "ECGFMModel state dict. Torch files are read with torch.load(weights_only=True); nothing is executed.",
+    )
+    add_melp_arguments(melp)
+    melp.set_defaults(func=_guarded(_convert_melp))
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
