@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "pretrain",
     "finetune",
     "evaluate",
+    "benchmark",
     "embed",
     "predict",
     "explain",

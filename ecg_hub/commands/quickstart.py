@@ -15,6 +15,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+#: The columns of the final table: (header, key of ecg_hub.benchmark.cell).
+QUICKSTART_COLUMNS = (
+    ("encoder", "model"),
+    ("labels", "labels"),
+    ("seeds", "seeds"),
+    ("AUROC", "macro_auroc"),
+    ("AUPRC", "macro_auprc"),
+    ("Fmax", "fmax"),
+)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -130,8 +140,7 @@ def pretrain_tiny_jepa(dataset_path: str, out: Path, steps: int, seed: int) -> P
 
 def pretrain_and_probe(args: argparse.Namespace, dataset, where: str, console) -> None:
     """Pretraining -> linear probe (pretrained vs random init) -> results table and JSON."""
-    from rich.table import Table
-
+    from ecg_hub.benchmark import result_rows, rich_table
     from ecg_hub.evaluation.protocol import EvaluationSettings, evaluate_model
 
     label_column = args.labels or next((c for c in ("rhythm", "superclass") if c in dataset.column_names), None)
@@ -144,13 +153,8 @@ def pretrain_and_probe(args: argparse.Namespace, dataset, where: str, console) -
     model_dir = pretrain_tiny_jepa(where, args.out / "pretrain", args.steps, args.seed)
     pretrain_s = time.perf_counter() - start
 
-    table = Table(
-        title=f"tiny ECG-JEPA, linear probe on {label_column}",
-        caption="test split, macro averages (mean±std over seeds); head chosen on validation",
-    )
-    for column in ("encoder", "labels", "seeds", "AUROC", "AUPRC", "Fmax"):
-        table.add_column(column, justify="left" if column == "encoder" else "right", no_wrap=True)
     extraction: dict[str, float] = {}
+    rows: list[dict] = []
     for init in ("random", "pretrained"):
         settings = EvaluationSettings(
             protocols=["linear-probe"], fractions=fractions, random_init=init == "random", bootstrap=0,
@@ -159,17 +163,17 @@ def pretrain_and_probe(args: argparse.Namespace, dataset, where: str, console) -
         document = evaluate_model(
             str(model_dir), where, label_column, settings, output_json=args.out / f"results_{init}.json"
         )
-        for result in document["results"]:
-            multi = len(result["seeds"]) > 1
-
-            def cell(key, result=result, multi=multi):
-                mean, std = result["metrics"][key], result["metrics_std"][key]
-                return f"{mean:.3f}±{std:.3f}" if multi else f"{mean:.3f}"
-
-            table.add_row(init, f"{result['fraction']:.0%}", str(len(result["seeds"])), cell("macro_auroc"),
-                          cell("macro_auprc"), cell("fmax"))
-        extraction[init] = result.get("feature_extraction_seconds", 0.0)
-    console.print(table)
+        rows += result_rows(document, model=init, family="ecg_jepa", init=init)
+        extraction[init] = document["results"][-1].get("feature_extraction_seconds", 0.0)
+    # The table code of `ecg-hub benchmark` (ecg_hub.benchmark), whose leaderboard the README shows.
+    console.print(
+        rich_table(
+            rows,
+            QUICKSTART_COLUMNS,
+            title=f"tiny ECG-JEPA, linear probe on {label_column}",
+            caption="test split, macro averages (mean±std over seeds); head chosen on validation",
+        )
+    )
     console.print(
         "features extracted once per encoder: "
         + ", ".join(f"{init} {seconds:.1f} s" for init, seconds in extraction.items())
