@@ -345,59 +345,21 @@ def prepare_data(suite: Suite, target: Path, options: BenchmarkOptions) -> None:
 
 
 class _PredictionCapture:
-    """Records the test labels and scores of every run the protocol scores.
-
-    The protocol runner scores each (fraction, seed) with ``ecg_hub.results.score_run`` and turns a
-    fraction's runs into an entry with ``aggregate_runs``; zero-shot hands its test scores to
-    ``bootstrap_confidence_intervals`` (when bootstrapping). Wrapping those three names for the
-    duration of one evaluation stores each entry's test predictions without a second scoring.
-    """
+    """The test labels and scores of every run one evaluation scores
+    (:func:`ecg_hub.results.capture_test_scores`), written beside its results for the ROC curves."""
 
     def __init__(self):
-        self.pending: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.entries: list[dict] = []
 
     @contextlib.contextmanager
     def active(self):
-        from ecg_hub import results
-        from ecg_hub.evaluation import protocol
+        from ecg_hub.results import capture_test_scores
 
-        originals = {
-            (protocol, "score_run"): protocol.score_run,
-            (results, "score_run"): results.score_run,
-            (protocol, "aggregate_runs"): protocol.aggregate_runs,
-            (results, "aggregate_runs"): results.aggregate_runs,
-            (protocol, "bootstrap_confidence_intervals"): protocol.bootstrap_confidence_intervals,
-        }
-        score_run, aggregate_runs = results.score_run, results.aggregate_runs
-        bootstrap = protocol.bootstrap_confidence_intervals
-
-        def capturing_score_run(seed, train_records, val_labels, val_scores, test_labels, test_scores, *args, **kwargs):
-            self.pending.append((int(seed), np.asarray(test_labels), np.asarray(test_scores)))
-            return score_run(seed, train_records, val_labels, val_scores, test_labels, test_scores, *args, **kwargs)
-
-        def capturing_aggregate(protocol_name, fraction, runs, *args, **kwargs):
-            entry = aggregate_runs(protocol_name, fraction, runs, *args, **kwargs)
-            self.entries.append({"protocol": protocol_name, "fraction": float(fraction), "runs": self.pending})
-            self.pending = []
-            return entry
-
-        def capturing_bootstrap(y_true, y_score, *args, **kwargs):
-            self.pending.append((0, np.asarray(y_true), np.asarray(y_score)))
-            return bootstrap(y_true, y_score, *args, **kwargs)
-
-        replacements = {
-            "score_run": capturing_score_run,
-            "aggregate_runs": capturing_aggregate,
-            "bootstrap_confidence_intervals": capturing_bootstrap,
-        }
-        for (module, name) in originals:
-            setattr(module, name, replacements[name])
-        try:
-            yield self
-        finally:
-            for (module, name), original in originals.items():
-                setattr(module, name, original)
+        with capture_test_scores() as capture:
+            try:
+                yield self
+            finally:
+                self.entries = capture.entries
 
     def save(self, path: Path, class_names: Sequence[str]) -> int:
         """Write ``predictions.npz`` (atomically): ``class_names``, ``entries`` (JSON: protocol,

@@ -41,6 +41,8 @@ metrics (scikit-learn) are imported by :func:`score_run` when it first runs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -58,9 +60,13 @@ __all__ = [
     "INITS",
     "SUMMARY_METRICS",
     "ResultsDocument",
+    "TestScoreCapture",
     "aggregate_runs",
+    "capture_test_scores",
+    "capturing_test_scores",
     "dataset_section",
     "format_results_table",
+    "note_test_scores",
     "load_results",
     "score_run",
     "validate_results",
@@ -76,6 +82,48 @@ INITS = ("pretrained", "random")
 
 
 # --- building -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TestScoreCapture:
+    """The test labels and scores of every run scored inside :func:`capture_test_scores`, one entry
+    per (protocol, fraction) cell: ``{"protocol", "fraction", "runs": [(seed, y_true, y_score)]}``.
+    The results JSON keeps metrics only; this is how a caller (``ecg-hub benchmark``'s ROC curves)
+    gets the predictions without scoring twice."""
+
+    __test__ = False  # not a pytest class, despite its name
+
+    entries: list[dict] = field(default_factory=list)
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+_ACTIVE_CAPTURE: contextvars.ContextVar[TestScoreCapture | None] = contextvars.ContextVar(
+    "ecg_hub_test_score_capture", default=None
+)
+
+
+@contextlib.contextmanager
+def capture_test_scores():
+    """Collect the test predictions of every run :func:`score_run` (or a zero-shot evaluation)
+    scores and :func:`aggregate_runs` groups, while the context is open."""
+    capture = TestScoreCapture()
+    token = _ACTIVE_CAPTURE.set(capture)
+    try:
+        yield capture
+    finally:
+        _ACTIVE_CAPTURE.reset(token)
+
+
+def capturing_test_scores() -> bool:
+    """Whether a :func:`capture_test_scores` context is open (zero-shot then returns its scores)."""
+    return _ACTIVE_CAPTURE.get() is not None
+
+
+def note_test_scores(seed: int, test_labels, test_scores) -> None:
+    """Hand one run's test labels and scores to the open capture, if any."""
+    capture = _ACTIVE_CAPTURE.get()
+    if capture is not None:
+        capture.pending.append((int(seed), np.asarray(test_labels), np.asarray(test_scores)))
 
 
 def score_run(
@@ -107,12 +155,17 @@ def score_run(
     if bootstrap:
         run["ci95"] = bootstrap_confidence_intervals(test_labels, test_scores, num_resamples=bootstrap, seed=0)
     run.update(extra)
+    note_test_scores(seed, test_labels, test_scores)
     return run
 
 
 def aggregate_runs(protocol: str, fraction: float, runs: list[dict], class_names: Sequence[str]) -> dict:
     """The results entry of one (protocol, fraction) cell: mean and population std over its runs
     (:func:`score_run`)."""
+    capture = _ACTIVE_CAPTURE.get()
+    if capture is not None:
+        capture.entries.append({"protocol": protocol, "fraction": float(fraction), "runs": capture.pending})
+        capture.pending = []
     keys = [k for k in SUMMARY_METRICS if all(k in r["metrics"] for r in runs)]
     result = {
         "protocol": protocol,

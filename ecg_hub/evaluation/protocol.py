@@ -42,8 +42,10 @@ from ecg_hub.results import (
     SUMMARY_METRICS,
     ResultsDocument,
     aggregate_runs,
+    capturing_test_scores,
     dataset_section,
     format_results_table,
+    note_test_scores,
     score_run,
 )
 from ecg_hub.training.finetune import FIXED_TRAINING_ARGUMENTS, finetune, training_argument_names
@@ -307,13 +309,17 @@ def run_zero_shot(model_name_or_path, splits, label_column, class_names, setting
     metrics = zero_shot_evaluate(
         model=model, processor=processor, dataset=test, class_prompts=settings.prompts,
         label_column=label_column, scoring=settings.zero_shot_scoring, batch_size=settings.batch_size,
-        return_scores=bool(settings.bootstrap), dtype=settings.dtype,
+        return_scores=bool(settings.bootstrap) or capturing_test_scores(), dtype=settings.dtype,
     )
     run = {"seed": 0, "train_records": 0, "metrics": metrics, "seconds": time.perf_counter() - start}
-    if settings.bootstrap:
+    if "scores" in metrics:
         scores = metrics.pop("scores")
         probabilities = (scores + 1) / 2 if metrics["scoring"] == "cosine" else scores
-        run["ci95"] = bootstrap_confidence_intervals(multi_hot(test, label_column), probabilities, num_resamples=settings.bootstrap)
+        note_test_scores(0, multi_hot(test, label_column), probabilities)
+        if settings.bootstrap:
+            run["ci95"] = bootstrap_confidence_intervals(
+                multi_hot(test, label_column), probabilities, num_resamples=settings.bootstrap
+            )
     result = aggregate_runs("zero-shot", 0.0, [run], class_names)
     result["scoring"] = metrics["scoring"]
     result["prompts"] = metrics["prompts"]
