@@ -43,6 +43,10 @@ SUPPORTED = [
     "EcgResNetModel",
     "EtpForSequenceClassification",
     "EtpModel",
+    "MelpEcgForSequenceClassification",
+    "MelpEcgModel",
+    "MelpForSequenceClassification",
+    "MelpModel",
 ]
 
 # (test id, battery spec, config overrides, exported kind). ECG2TOK's encoder runs with CroPA, whose
@@ -56,7 +60,15 @@ CASES = [
     ("ecg_resnet_classifier", "ecg_resnet_classifier", {}, "classifier"),
     ("etp_model", "etp_model", {}, "ecg_text"),
     ("etp_classifier", "etp_classifier", {}, "classifier"),
+    # MELP: the ECG tower alone (melp_ecg), its linear probe, and the full model's ECG side.
+    ("melp_ecg_model", "melp_ecg_model", {}, "encoder"),
+    ("melp_ecg_classifier", "melp_ecg_classifier", {}, "classifier"),
+    ("melp_model", "melp_model", {}, "ecg_text"),
+    ("melp_classifier", "melp_classifier", {}, "classifier"),
 ]
+# The battery's MELP input is 1 s at 500 Hz, which is also the shortest record the extractor takes
+# (min_samples = 1 s): 2 s leave room for the padded 3/5-length records of _extractor_batch.
+EXTRACTOR_OVERRIDES = {name: {"num_samples": 1000} for name in SPECS if name.startswith("melp")}
 
 
 def _save(path, spec_name: str, **overrides):
@@ -66,6 +78,8 @@ def _save(path, spec_name: str, **overrides):
     model = spec.model_class(spec.config(**overrides))
     model.save_pretrained(path)
     extractor = feature_extractor_for(spec)
+    for key, value in EXTRACTOR_OVERRIDES.get(spec_name, {}).items():
+        setattr(extractor, key, value)
     extractor.save_pretrained(path)
     return model, extractor
 
