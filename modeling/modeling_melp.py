@@ -525,26 +525,48 @@ def caption_loss(
 # --------------------------------------------------------------------------------------------------
 
 
+def _init_melp_conv_layer(module: "MelpConvLayer") -> None:
+    """fairseq's conv front-end init: kaiming-normal conv weights (zero bias)."""
+    init.kaiming_normal_(module[0].weight)
+    if module[0].bias is not None:
+        init.zeros_(module[0].bias)
+
+
+def _init_melp_positional_conv(module: "MelpConvPositionalEncoding") -> None:
+    """fairseq's positional conv init: direction ``v`` normal with std sqrt(4 / (kernel * hidden)),
+    magnitude ``g = |v|`` (per kernel position, ``dim=2``), zero bias."""
+    conv = module.pos_conv[0]
+    std = math.sqrt(4.0 / (conv.kernel_size[0] * conv.in_channels))
+    direction = conv.parametrizations.weight.original1
+    init.normal_(direction, mean=0.0, std=std)
+    init.copy_(conv.parametrizations.weight.original0, torch.norm_except_dim(direction, 2, 2))
+    init.zeros_(conv.bias)
+
+
 def _init_melp_module(module: nn.Module) -> None:
     """MELP-specific init, after transformers' generic one (normal linear weights, zero biases, unit
     norms, torch's MultiheadAttention init): kaiming conv front-end, the weight-normed positional
     conv (std sqrt(4 / (kernel * hidden))), unit-normal pooler queries, ``proj_contrast`` with std
-    ``hidden ** -0.5`` and the decoder's ``text_projection`` with std ``width ** -0.5``."""
+    ``hidden ** -0.5`` and the decoder's ``text_projection`` with std ``width ** -0.5``.
+
+    The conv blocks and the positional encoding own no parameter directly (only their ``Conv1d``
+    children do), and transformers' init of custom-code models skips such modules; so the ECG tower
+    initialises them itself (it runs after its children: the generic ``normal(0.02)`` of the convs
+    is overwritten, while weights loaded by ``from_pretrained`` are flagged and left alone). Without
+    this the conv front-end kept std 0.02 and its output was ~1e-4: every LayerNorm after it divided
+    by ~sqrt(eps), the gradients into the trunk reached ~1e4 and both towers collapsed to one vector
+    within a few steps (CLIP loss stuck at ln(batch))."""
     if isinstance(module, MelpConvLayer):
-        init.kaiming_normal_(module[0].weight)
-        if module[0].bias is not None:
-            init.zeros_(module[0].bias)
+        _init_melp_conv_layer(module)
     elif isinstance(module, MelpConvPositionalEncoding):
-        conv = module.pos_conv[0]
-        std = math.sqrt(4.0 / (conv.kernel_size[0] * conv.in_channels))
-        direction = conv.parametrizations.weight.original1
-        init.normal_(direction, mean=0.0, std=std)
-        init.copy_(conv.parametrizations.weight.original0, torch.norm_except_dim(direction, 2, 2))
-        init.zeros_(conv.bias)
+        _init_melp_positional_conv(module)
     elif isinstance(module, MelpAttentionalPooler):
         init.normal_(module.query, mean=0.0, std=1.0)
     elif isinstance(module, MelpEcgModel):
         init.normal_(module.proj_contrast, mean=0.0, std=module.config.hidden_size**-0.5)
+        for layer in module.feature_extractor.conv_layers:
+            _init_melp_conv_layer(layer)
+        _init_melp_positional_conv(module.conv_pos)
     elif isinstance(module, MelpCaptionDecoder):
         init.normal_(module.text_projection, mean=0.0, std=module.text_projection.shape[0] ** -0.5)
 
@@ -927,6 +949,7 @@ class MelpModel(MelpTextMixin, MelpPreTrainedModel):
             if value is not None:
                 kwargs.setdefault(key, value)
         text_attention = text_model.config._attn_implementation
+        ecg_attention = ecg_model.config._attn_implementation
         kwargs.setdefault("projection_dim", ecg_model.config.beat_hidden_size)
         kwargs.setdefault(
             "decoder_config",
@@ -934,6 +957,9 @@ class MelpModel(MelpTextMixin, MelpPreTrainedModel):
         )
         config = MelpConfig(ecg_config=ecg_model.config, text_config=text_model.config, **kwargs)
         config.text_config._attn_implementation = text_attention
+        # The composite config holds a new ECG sub-config: keep the tower's attention implementation
+        # (otherwise it is None and every ECG attention layer falls back to eager, with a warning).
+        config.ecg_config._attn_implementation = ecg_attention
         logger.info("MELP projections, caption decoder and logit scale are newly initialised; pretrain before use.")
         return cls(config, ecg_model=ecg_model, text_model=text_model)
 

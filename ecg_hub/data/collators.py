@@ -7,6 +7,12 @@ Masked leads: a row's ``masked_leads`` (flat, clipped or absent leads the datase
 ``ecg_hub.data.records``) reach the model as missing leads, ``lead_mask`` 0 and zeros, because the
 rows go to the feature extractor whole and it honours that field. Code that selects columns
 before collating must keep it: :data:`COLLATOR_COLUMNS`.
+
+Random lead masking (MELP's augmentation, ``lead_mask_probability``): while training, each lead of
+each record is zeroed independently with that probability after the feature extractor (so after its
+normalisation, as MELP's dataset zeroes leads after its min-max) and reaches the model as missing
+(``lead_mask`` 0). Off by default; ``ecg_hub.data.text_collators.EcgTextCollator`` passes it on
+for ECG-report pairs (MELP's recipes).
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ class EcgCollator:
             most leads (:class:`~ecg_hub.modeling.feature_extraction_ecg.EcgInputReducedWarning`).
             Off by default: training and evaluation crop to the window the recipe chose, on purpose
             and batch after batch; ``ecg-hub embed`` / ``predict`` turn it on.
+        lead_mask_probability: random lead masking (MELP: 0.5): with ``training=True``, each lead
+            of each record is zeroed and marked missing (``lead_mask`` 0) independently with this
+            probability, drawn from the same generator as the crops. ``0`` (default): none.
 
     Returns (``__call__``): ``{"input_values": (B, L, T) float32, "attention_mask": (B, T),
     "lead_mask": (B, L)}`` plus ``labels`` when requested (``label_column`` or ``token_column``).
@@ -62,7 +71,10 @@ class EcgCollator:
         seed: int | None = None,
         token_column: str | None = None,
         warn_on_reduction: bool = False,
+        lead_mask_probability: float = 0.0,
     ):
+        if not 0.0 <= float(lead_mask_probability) < 1.0:
+            raise ValueError(f"lead_mask_probability must be in [0, 1), got {lead_mask_probability}")
         if label_column is not None and num_classes is None and not single_label:
             raise ValueError(f"num_classes is required with label_column={label_column!r}")
         if token_column is not None and label_column is not None:
@@ -83,6 +95,7 @@ class EcgCollator:
         self.seed = seed
         self.token_column = token_column
         self.warn_on_reduction = warn_on_reduction
+        self.lead_mask_probability = float(lead_mask_probability)
         self._rng: np.random.Generator | None = None
         self._rng_worker: int | None = None
 
@@ -104,15 +117,18 @@ class EcgCollator:
         """``generator``: random crops for this batch only (the pretraining loop passes one seeded by
         the batch's position, so that a resumed run crops as an uninterrupted one); by default the
         collator's own per-worker stream."""
+        generator = generator if generator is not None else self._generator()
         features = self.feature_extractor(
             list(rows),
             training=self.training,
-            generator=generator if generator is not None else self._generator(),
+            generator=generator,
             return_tensors="pt",
             warn_on_reduction=self.warn_on_reduction,
         )
         batch = dict(features)
         self._check_masked_leads(rows, batch)
+        if self.training and self.lead_mask_probability > 0:
+            self._mask_random_leads(batch, generator if generator is not None else np.random.default_rng())
         if self.label_column is not None:
             positives = [row[self.label_column] for row in rows]
             if self.single_label:
@@ -128,6 +144,17 @@ class EcgCollator:
         if self.token_column is not None:
             batch["labels"] = self._token_labels(rows)
         return batch
+
+    def _mask_random_leads(self, batch: dict[str, torch.Tensor], generator: np.random.Generator) -> None:
+        """MELP's ``RandomLeadsMask``: zero each lead of each record with probability
+        ``lead_mask_probability`` (independently, as the official dataset does: a record may lose
+        every lead) and mark it missing in ``lead_mask``."""
+        values = batch["input_values"]
+        keep = generator.random(tuple(values.shape[:2])) >= self.lead_mask_probability
+        keep = torch.from_numpy(keep)
+        batch["input_values"] = values * keep[:, :, None].to(values.dtype)
+        lead_mask = batch.get("lead_mask")
+        batch["lead_mask"] = keep.long() if lead_mask is None else lead_mask * keep.to(lead_mask.dtype)
 
     def _check_masked_leads(self, rows: Sequence[dict[str, Any]], batch: dict[str, torch.Tensor]) -> None:
         """Raise if a lead a row masks reached the model as present: a feature extractor that ignores
@@ -164,3 +191,4 @@ class EcgCollator:
         for k, row_ids in enumerate(ids):
             labels[k, : len(row_ids)] = row_ids
         return torch.from_numpy(labels)
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .collators import EcgCollator
@@ -112,22 +113,27 @@ def _with_reports(dataset, text_column: str, min_words: int):
 
 
 class EcgTextCollator:
-    """Collate ECG-report rows into one batch for ``EtpModel(**batch)``.
+    """Collate ECG-report rows into one batch for ``EtpModel(**batch)`` or ``MelpModel(**batch)``.
+
+    The text goes through the processor as it is (``MelpProcessor`` adds ``[BOS]`` and the
+    ``sentence_index`` MELP's beat-level loss averages over): nothing is re-tokenised here.
 
     Args:
-        feature_extractor: the model's processor, an ``EtpProcessor`` (ECG ``feature_extractor`` +
-            ``tokenizer``; its ``max_text_length`` and ``lowercase_text`` apply). The pretraining loop
-            passes the recipe's ``feature_extractor`` component under this name, so for ETP recipes
+        feature_extractor: the model's processor, an ``EtpProcessor`` or ``MelpProcessor`` (ECG
+            ``feature_extractor`` + ``tokenizer``; its text settings apply). The pretraining loop
+            passes the recipe's ``preprocessor`` component under this name, so for ECG-text recipes
             that component is the processor (saved with the model at the end).
         text_column: the row field holding the report (``"report"``).
         training: random ECG crops (augmentation) instead of the extractor's deterministic crop.
-        seed: seed of the random-crop generator (one stream per DataLoader worker).
+        seed: seed of the collator's own generator (used when the caller passes none).
         return_loss: add ``return_loss=True`` to the batch, so ``model(**batch).loss`` is set in eval
             mode too (validation loss).
+        lead_mask_probability: random lead masking while training (MELP's ``RandomLeadsMask``: 0.5),
+            see ``EcgCollator``; ``0`` (default): none.
 
     Returns (``__call__``): ``input_values`` (B, L, T) float32, ``ecg_attention_mask`` (B, T),
-    ``lead_mask`` (B, L), ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) (B, tokens),
-    and ``return_loss``.
+    ``lead_mask`` (B, L), the processor's text tensors (``input_ids``, ``attention_mask``, ...,
+    ``sentence_index`` for MELP) (B, tokens), and ``return_loss``.
     """
 
     def __init__(
@@ -137,23 +143,33 @@ class EcgTextCollator:
         training: bool = False,
         seed: int | None = None,
         return_loss: bool = True,
+        lead_mask_probability: float = 0.0,
     ):
         processor = feature_extractor
         if getattr(processor, "feature_extractor", None) is None or getattr(processor, "tokenizer", None) is None:
             raise ValueError(
-                "EcgTextCollator needs the model's processor (EtpProcessor: feature_extractor + tokenizer), "
-                f"got {type(processor).__name__}"
+                "EcgTextCollator needs the model's processor (EtpProcessor or MelpProcessor: feature_extractor + "
+                f"tokenizer), got {type(processor).__name__}"
             )
         self.processor = processor
         self.text_column = text_column
         self.training = training
         self.return_loss = return_loss
-        self._ecg = EcgCollator(processor.feature_extractor, training=training, seed=seed)
+        self._ecg = EcgCollator(
+            processor.feature_extractor, training=training, seed=seed, lead_mask_probability=lead_mask_probability
+        )
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    @property
+    def lead_mask_probability(self) -> float:
+        return self._ecg.lead_mask_probability
+
+    def __call__(self, rows: Sequence[dict[str, Any]], generator: np.random.Generator | None = None) -> dict[str, Any]:
+        """``generator``: the crops and lead masks of this batch (the pretraining loop passes one per
+        batch position, so a resumed run draws as an uninterrupted one); by default the collator's
+        own stream."""
         rows = list(rows)
         texts = [report_text(row, self.text_column) for row in rows]
-        ecg = self._ecg(rows)
+        ecg = self._ecg(rows, generator=generator)
         batch: dict[str, Any] = {
             "input_values": ecg["input_values"],
             "lead_mask": ecg["lead_mask"],
