@@ -55,7 +55,7 @@ from .configuration_melp import DEFAULT_TEXT_MODEL, MelpConfig, MelpDecoderConfi
 from .contrastive import contrastive_loss
 from .heads import SequenceClassificationHeadMixin
 from .layers import eager_attention_forward
-from .text_tower import TextTowerMixin, load_text_tower, split_tower_kwargs
+from .text_tower import TextTowerMixin, freeze_text_tower, load_text_tower, split_tower_kwargs
 
 logger = logging.get_logger(__name__)
 
@@ -807,21 +807,15 @@ class MelpTextMixin(TextTowerMixin):
 
     def apply_freezing(self) -> None:
         """MELP's freezing: the bottom ``num_frozen_text_layers`` text layers (the embeddings stay
-        trainable: the added ``[BOS]`` row must learn); ``-1`` freezes the whole text tower."""
-        frozen = self.config.num_frozen_text_layers
-        if frozen == -1:
-            self.text_model.requires_grad_(False)
-            return
-        if frozen == 0:
-            return
-        layers = getattr(getattr(self.text_model, "encoder", None), "layer", None)
-        if layers is None:
-            raise ValueError(
-                f"num_frozen_text_layers={frozen} needs a BERT-like text model with `encoder.layer`; "
-                f"{type(self.text_model).__name__} has none. Set it to 0 or -1."
-            )
-        for layer in list(layers)[:frozen]:
-            layer.requires_grad_(False)
+        trainable: the added ``[BOS]`` row must learn); ``-1`` freezes the whole text tower. The
+        pooler was dropped (`init_melp_text_tower`)."""
+        freeze_text_tower(
+            self.text_model,
+            self.config.num_frozen_text_layers,
+            pooling="cls",
+            freeze_embeddings=False,
+            setting="num_frozen_text_layers",
+        )
 
     def encode_text_tokens(
         self,

@@ -47,9 +47,18 @@ def pool_text(text_output, attention_mask: torch.Tensor | None, pooling: str) ->
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def freeze_text_tower(text_model: nn.Module, num_frozen_layers: int, pooling: str) -> None:
-    """Set ``requires_grad`` of a BERT-like tower: all frozen for ``-1``; otherwise the embeddings and
-    the bottom ``num_frozen_layers`` layers, and an unused pooler."""
+def freeze_text_tower(
+    text_model: nn.Module,
+    num_frozen_layers: int,
+    pooling: str,
+    *,
+    freeze_embeddings: bool = True,
+    setting: str = "freeze_text_layers",
+) -> None:
+    """Set ``requires_grad`` of a BERT-like tower: all frozen for ``-1``; otherwise the bottom
+    ``num_frozen_layers`` layers, the embeddings with them unless ``freeze_embeddings=False`` (MELP:
+    its added ``[BOS]`` row must learn), and an unused pooler. ``setting`` names the config field in
+    the error."""
     if num_frozen_layers == -1:
         text_model.requires_grad_(False)
         return
@@ -58,14 +67,15 @@ def freeze_text_tower(text_model: nn.Module, num_frozen_layers: int, pooling: st
         pooler.requires_grad_(False)
     if num_frozen_layers == 0:
         return
-    embeddings = getattr(text_model, "embeddings", None)
+    embeddings = getattr(text_model, "embeddings", None) if freeze_embeddings else None
     layers = getattr(getattr(text_model, "encoder", None), "layer", None)
-    if embeddings is None or layers is None:
+    if (freeze_embeddings and embeddings is None) or layers is None:
+        needs = "`embeddings` and `encoder.layer`" if freeze_embeddings else "`encoder.layer`"
         raise ValueError(
-            f"freeze_text_layers={num_frozen_layers} needs a BERT-like text model with `embeddings` and "
-            f"`encoder.layer`; {type(text_model).__name__} has not. Set freeze_text_layers to 0 or -1."
+            f"{setting}={num_frozen_layers} needs a BERT-like text model with {needs}; "
+            f"{type(text_model).__name__} has not. Set {setting} to 0 or -1."
         )
-    for module in [embeddings, *list(layers)[:num_frozen_layers]]:
+    for module in [*([embeddings] if freeze_embeddings else []), *list(layers)[:num_frozen_layers]]:
         module.requires_grad_(False)
 
 

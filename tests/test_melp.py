@@ -387,6 +387,7 @@ def test_from_ecg_text_pretrained_adds_bos_and_loads_the_text_tower_causal():
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert "text_model.encoder.layer.2.output.dense.weight" in frozen
     assert "text_model.encoder.layer.3.output.dense.weight" not in frozen
+    assert "text_model.embeddings.word_embeddings.weight" not in frozen  # the added [BOS] row learns
     processor = MelpProcessor(EcgFeatureExtractor.from_preset("melp", num_samples=500), tokenizer, max_text_length=24)
     batch = processor(ecg=_ecg(2).numpy(), text=REPORTS[:2], sampling_rate=500, leads=LEADS, return_tensors="pt")
     out = model(**batch, return_loss=True)
