@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from ecg_hub.utils import write_json_atomic
+from ecg_hub.utils import save_figure_atomic, write_json_atomic
 from ecg_hub.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -1225,7 +1225,7 @@ def plot_leaderboard(
     ax.set_ylabel("test macro AUROC")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
     return str(path)
 
@@ -1271,18 +1271,8 @@ def plot_roc_curves(predictions: str | os.PathLike, path: Path, *, title: str = 
         ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
     fig.suptitle(f"{title}: per-class test ROC", fontsize=10)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure_atomic(fig, path, dpi=120)
     plt.close(fig)
     return str(path)
 
 
-def _save_figure(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

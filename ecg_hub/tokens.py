@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ecg_hub.utils import save_figure_atomic
 
 IGNORE_INDEX = -100
 SEGMENTS = ("P", "QRS", "T", "isoelectric")
@@ -392,23 +392,6 @@ def code_colors(codebook_size: int) -> np.ndarray:
     return np.array([(*palette[k % len(palette)], 1.0) for k in range(codebook_size)])
 
 
-def _atomic_savefig(fig, out_path: str | os.PathLike, dpi: int) -> Path:
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=(out_path.suffix.lstrip(".") or "png"))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the PNG the usual mode
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out_path
-
-
 def plot_tokens(
     signal: np.ndarray,
     ids: np.ndarray,
@@ -504,7 +487,7 @@ def plot_tokens(
     if out_path is None:
         return fig
     try:
-        return _atomic_savefig(fig, out_path, dpi)
+        return save_figure_atomic(fig, out_path, dpi=dpi)
     finally:
         plt.close(fig)
 

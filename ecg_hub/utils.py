@@ -65,6 +65,26 @@ def write_json_atomic(path: str | os.PathLike, document: Any, *, indent: int = 2
             os.remove(tmp)
 
 
+def save_figure_atomic(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+    """``fig.savefig`` to ``path`` atomically (a temporary file in the same folder, then
+    ``os.replace``), in the format of the suffix (default PNG), with the usual file mode (``mkstemp``
+    makes 0600 files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=(path.suffix.lstrip(".") or "png"))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def _parameters(function: Callable) -> Mapping[str, inspect.Parameter]:
     return inspect.signature(function).parameters
 

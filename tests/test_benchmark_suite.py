@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import stat
 
 import pytest
 
@@ -116,6 +118,9 @@ def test_synthetic_suite_leaderboard_then_resume_then_recompute_only_what_change
     for name in ("leaderboard.png", "roc_ecg_jepa-pretrained.png", "roc_ecg_jepa-random-init.png",
                  "roc_etp-pretrained.png", "roc_etp-random-init.png", "roc_features-baseline.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name  # not mkstemp's 0600
     class_names, predictions = benchmark.load_predictions(out / "stages" / "evaluate-etp-pretrained" / "predictions.npz")
     assert class_names == document["dataset"]["class_names"]
     assert {(p["protocol"], p["seed"]) for p in predictions} == {("linear-probe", 42), ("finetune", 42), ("zero-shot", 0)}
