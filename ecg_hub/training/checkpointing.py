@@ -60,6 +60,7 @@ __all__ = [
     "find_resumable_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "read_history_until",
     "save_checkpoint",
     "verify_checkpoint",
     "write_json_atomic",
@@ -71,6 +72,15 @@ logger = logging.getLogger(__name__)
 #: The checksum manifest of a checkpoint folder, written after every other file.
 MANIFEST_FILE = "ecg_hub_manifest.json"
 MANIFEST_FORMAT = "ecg-hub-checkpoint"
+
+
+def read_history_until(path: Path, step: int | None) -> list[dict]:
+    """The entries (``{"step": N, ...}``) of a run's history file (``evaluation.json``,
+    ``learning_health.json``, ``probe.json``) up to ``step``, for a run resumed at that step; ``[]``
+    for a fresh run (``step`` None) or a missing file."""
+    if step is None or not path.is_file():
+        return []
+    return [entry for entry in json.loads(path.read_text(encoding="utf-8")) if entry["step"] <= step]
 
 
 class CheckpointError(ValueError):

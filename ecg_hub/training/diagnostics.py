@@ -138,7 +138,7 @@ from ..data.labels import label_columns, multi_hot
 from ..data.splits import dataset_split, select_task_records
 from ..inference import collect_outputs
 from ..recipe import Component, instantiate
-from .checkpointing import write_json_atomic
+from .checkpointing import read_history_until, write_json_atomic
 from .dataloading import SeededCollate
 
 __all__ = [
@@ -797,10 +797,7 @@ class LearningHealthMonitor:
             )
         self.batch = batch
         self.chunk_size = settings.batch_size or batch_size
-        self.history: list[dict[str, float]] = []
-        if resume_step is not None and self.path.is_file():
-            entries = json.loads(self.path.read_text(encoding="utf-8"))
-            self.history = [entry for entry in entries if entry["step"] <= resume_step]
+        self.history: list[dict[str, float]] = read_history_until(self.path, resume_step)
         self.warning: str | None = next((e["warning"] for e in self.history if e.get("warning")), None)
 
     def due(self, step: int, total_steps: int) -> bool:
@@ -958,13 +955,10 @@ class ValidationProbe:
             dataset, settings.validation_split, column, settings.problem_type, settings.records, settings.seed + 1
         )
         self.head = instantiate(settings.head)
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = read_history_until(self.path, resume_step)
         self.best: dict[str, float] | None = None
         self.model_step: int | None = None  # set by `finish`
         self.last_model_dir: Path | None = None
-        if resume_step is not None and self.path.is_file():
-            entries = json.loads(self.path.read_text(encoding="utf-8"))
-            self.history = [entry for entry in entries if entry["step"] <= resume_step]
         self._restore_best(resume_step)
 
     def _restore_best(self, resume_step: int | None) -> None:

@@ -88,6 +88,7 @@ from .checkpointing import (
     find_latest_checkpoint,
     find_resumable_checkpoint,
     load_checkpoint,
+    read_history_until,
     save_checkpoint,
     write_json_atomic,
 )
@@ -951,10 +952,8 @@ def _evaluate(run: _Run, history: list[dict[str, float]]) -> None:
 
 def _evaluation_history(run: _Run) -> list[dict[str, float]]:
     """The evaluations of the run so far (a resumed run keeps those before its checkpoint)."""
-    path = run.output_dir / EVALUATION_FILE
-    if run.resume_from is None or not path.is_file():
-        return []
-    return [entry for entry in json.loads(path.read_text(encoding="utf-8")) if entry["step"] <= run.progress.step]
+    resumed_at = run.progress.step if run.resume_from is not None else None
+    return read_history_until(run.output_dir / EVALUATION_FILE, resumed_at)
 
 
 def _summarise(run: _Run, meter: ThroughputMeter, peak_tflops: float | None, final: dict[str, Any]) -> dict[str, Any]:
