@@ -46,6 +46,9 @@ class EcgTextProcessor(ProcessorMixin):
         ['attention_mask', 'ecg_attention_mask', 'input_ids', 'input_values', 'lead_mask', 'token_type_ids']
     """
 
+    #: The tokenizer's ``padding`` when a call gives none (``True``: to the longest text of the batch).
+    default_padding: bool | str = True
+
     def __init__(
         self,
         feature_extractor=None,
@@ -67,7 +70,7 @@ class EcgTextProcessor(ProcessorMixin):
         leads: Sequence[str] | Sequence[Sequence[str]] | None = None,
         training: bool = False,
         return_tensors: str | None = None,
-        padding: bool | str = True,
+        padding: bool | str | None = None,
         truncation: bool = True,
         max_length: int | None = None,
         **kwargs,
@@ -83,8 +86,8 @@ class EcgTextProcessor(ProcessorMixin):
             leads: the ECG's lead names (unless the rows carry them).
             training: random ECG crops (augmentation) instead of the extractor's deterministic crop.
             return_tensors: ``"pt"``, ``"np"`` or ``None``.
-            padding, truncation, max_length: tokenizer options (``max_length`` defaults to
-                ``max_text_length``).
+            padding, truncation, max_length: tokenizer options (``padding`` defaults to the class's
+                ``default_padding``, ``max_length`` to ``max_text_length``).
             **kwargs: forwarded to the feature extractor (``units``, ``record_ids``, ``generator``).
 
         Returns:
@@ -107,15 +110,23 @@ class EcgTextProcessor(ProcessorMixin):
                 raise ValueError(f"{type(self).__name__}: `text` must be a string or a non-empty list of strings")
             if self.lowercase_text:
                 texts = [t.lower() for t in texts]
-            encoded = self.tokenizer(
-                texts,
-                padding=padding,
-                truncation=truncation,
-                max_length=max_length if max_length is not None else self.max_text_length,
-                return_tensors=return_tensors,
-            )
-            data.update(dict(encoded))
+            padding = self.default_padding if padding is None else padding
+            data.update(self._encode_text(texts, padding, truncation, max_length, return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _encode_text(
+        self, texts: list[str], padding: bool | str, truncation: bool, max_length: int | None, return_tensors
+    ) -> dict[str, Any]:
+        """The tokenizer's output for the checked (and lower-cased) ``texts``; a family's processor
+        overrides it to lay the tokens out as its model reads them (MELP: ``[BOS]``, sentence index)."""
+        encoded = self.tokenizer(
+            texts,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length if max_length is not None else self.max_text_length,
+            return_tensors=return_tensors,
+        )
+        return dict(encoded)
 
     @property
     def model_input_names(self) -> list[str]:

@@ -14,9 +14,6 @@ imported. Imports transformers only (Hub remote-code bundle).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from transformers.feature_extraction_utils import BatchFeature
 
 from .processing_ecg_text import EcgTextProcessor
 
@@ -75,6 +72,9 @@ class MelpProcessor(EcgTextProcessor):
         >>> processor.batch_decode(model.generate(**batch))  # reports written by MelpForConditionalGeneration
     """
 
+    #: MELP pads every report to the same length (the appended ``[CLS]`` sits at the last position).
+    default_padding = "max_length"
+
     def __init__(
         self,
         feature_extractor=None,
@@ -95,45 +95,12 @@ class MelpProcessor(EcgTextProcessor):
         """Id of ``sentence_separator`` in the tokenizer."""
         return self.tokenizer.convert_tokens_to_ids(self.sentence_separator)
 
-    def __call__(
-        self,
-        ecg: Any = None,
-        text: str | Sequence[str] | None = None,
-        sampling_rate: float | Sequence[float] | None = None,
-        leads: Sequence[str] | Sequence[Sequence[str]] | None = None,
-        training: bool = False,
-        return_tensors: str | None = None,
-        padding: bool | str = "max_length",
-        truncation: bool = True,
-        max_length: int | None = None,
-        **kwargs,
-    ) -> BatchFeature:
-        """Prepare ECG and/or text (see ``EcgTextProcessor.__call__``).
-
-        Text: ``[BOS] text [SEP]`` padded (default ``"max_length"``: ``max_length`` or
+    def _encode_text(self, texts, padding, truncation, max_length, return_tensors) -> dict[str, list]:
+        """``[BOS] text [SEP]`` padded (default ``"max_length"``: ``max_length`` or
         ``max_text_length``, minus the ``[CLS]`` the model appends) plus ``sentence_index``. With
         ``padding=True`` the batch is padded to its longest text only (the appended ``[CLS]`` then
-        moves with the padding: the official model always sees 128 tokens).
-        """
-        data = {}
-        if ecg is not None:
-            data.update(
-                super().__call__(
-                    ecg=ecg, sampling_rate=sampling_rate, leads=leads, training=training, return_tensors=return_tensors, **kwargs
-                )
-            )
-        if text is not None:
-            data.update(self._encode_text(text, padding, truncation, max_length))
-        if not data:
-            raise ValueError("MelpProcessor needs `ecg`, `text` or both")
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def _encode_text(self, text, padding, truncation, max_length) -> dict[str, list]:
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise ValueError("MelpProcessor: `text` must be a string or a non-empty list of strings")
-        if self.lowercase_text:
-            texts = [t.lower() for t in texts]
+        moves with the padding: the official model always sees 128 tokens). Lists: the caller's
+        ``BatchFeature`` makes the tensors."""
         tokenizer = self.tokenizer
         length = (max_length if max_length is not None else self.max_text_length) - 1
         encoded = dict(tokenizer(texts, padding=padding, truncation=truncation, max_length=length))
