@@ -290,8 +290,11 @@ class EcgPipeline(ChunkPipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.feature_extractor is None and self.processor is not None:  # an ECG-text processor's own
-            self.feature_extractor = getattr(self.processor, "feature_extractor", None)
+        if self.processor is not None:  # an ECG-text processor's own parts
+            if self.feature_extractor is None:
+                self.feature_extractor = getattr(self.processor, "feature_extractor", None)
+            if self.tokenizer is None:
+                self.tokenizer = getattr(self.processor, "tokenizer", None)
 
     def __call__(self, ecg: Any, **kwargs):
         inputs = _split_batch_input(ecg)
@@ -435,8 +438,6 @@ class ZeroShotEcgClassificationPipeline(EcgPipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.processor is not None:
-            self.tokenizer = self.tokenizer or getattr(self.processor, "tokenizer", None)
         for method in ("get_ecg_features", "get_text_features"):
             if not hasattr(self.model, method):
                 raise ValueError(
@@ -768,8 +769,6 @@ class EcgReportGenerationPipeline(EcgPipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.processor is not None:
-            self.tokenizer = self.tokenizer or getattr(self.processor, "tokenizer", None)
         if not (hasattr(self.model, "generate") and self.model.can_generate()):
             raise ValueError(f"{REPORT_GENERATION_TASK} needs a model that generates text; {type(self.model).__name__} does not")
         if self.feature_extractor is None or self.tokenizer is None:
